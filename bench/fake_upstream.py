@@ -1,0 +1,216 @@
+"""A fake OpenAI-compatible chat upstream on loopback, for benchmarks and tests.
+
+A bare asyncio HTTP/1.1 server (keep-alive, chunked SSE), so that the fake costs little
+CPU next to the gateway it measures. Behaviour per request comes from the model name,
+`fake[:mode][:ttft_ms[:tokens[:gap_ms]]]`, else from the server's defaults, which
+`POST /admin/mode` changes. Modes: ok, error_500, error_429, reset (the connection is cut
+after half the tokens), hang (first token never comes).
+
+    python -m bench.fake_upstream --port 18099 --ttft-ms 50 --tokens 20 --gap-ms 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    mode: str = "ok"
+    ttft_ms: float = 50.0
+    tokens: int = 20
+    gap_ms: float = 5.0
+
+
+class FakeUpstream:
+    def __init__(self, default: Behaviour) -> None:
+        self.default = default
+        self.requests = 0
+
+    def behaviour_for(self, model: str) -> Behaviour:
+        parts = model.split(":")
+        if parts[0] != "fake":
+            return self.default
+        b = self.default
+        names = ("mode", "ttft_ms", "tokens", "gap_ms")
+        casts = (str, float, int, float)
+        for name, cast, value in zip(names, casts, parts[1:], strict=False):
+            if value:
+                b = replace(b, **{name: cast(value)})
+        return b
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {
+                    k.lower(): v.strip()
+                    for k, _, v in (line.partition(":") for line in lines[1:] if line)
+                }
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                if not await self.route(method, path, body, writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def route(
+        self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter
+    ) -> bool:
+        path = path.split("?", 1)[0]
+        if method == "GET" and path.endswith("/models"):
+            return await self.send_json(
+                writer,
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": "fake", "object": "model", "owned_by": "bench"}],
+                },
+            )
+        if method == "GET" and path == "/admin/stats":
+            return await self.send_json(writer, 200, {"requests": self.requests})
+        if method == "POST" and path == "/admin/mode":
+            self.default = replace(self.default, **json.loads(body or b"{}"))
+            return await self.send_json(writer, 200, {"default": asdict(self.default)})
+        if method == "POST" and path.endswith("/chat/completions"):
+            self.requests += 1
+            request = json.loads(body or b"{}")
+            return await self.complete(writer, request)
+        return await self.send_json(writer, 404, {"error": {"message": f"no route {path}"}})
+
+    async def send_json(self, writer: asyncio.StreamWriter, status: int, payload: object) -> bool:
+        data = json.dumps(payload).encode()
+        writer.write(
+            f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        await writer.drain()
+        return True
+
+    async def complete(self, writer: asyncio.StreamWriter, request: dict) -> bool:
+        b = self.behaviour_for(str(request.get("model", "")))
+        if b.mode == "error_500":
+            return await self.send_json(writer, 500, {"error": {"message": "fake upstream 500"}})
+        if b.mode == "error_429":
+            return await self.send_json(writer, 429, {"error": {"message": "rate limited"}})
+        if not request.get("stream"):
+            await asyncio.sleep(b.ttft_ms / 1000)
+            text = "".join(f"tok{i} " for i in range(b.tokens))
+            return await self.send_json(
+                writer,
+                200,
+                {
+                    "id": "fake",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": "fake",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": text},
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": 10,
+                        "completion_tokens": b.tokens,
+                        "total_tokens": 10 + b.tokens,
+                    },
+                },
+            )
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        if b.mode == "hang":
+            await asyncio.sleep(3600)
+        await asyncio.sleep(b.ttft_ms / 1000)
+        created = int(time.time())
+        for i in range(b.tokens):
+            if b.mode == "reset" and i == b.tokens // 2:
+                writer.transport.abort()
+                return False
+            if i:
+                await asyncio.sleep(b.gap_ms / 1000)
+            self.chunk(
+                writer,
+                {
+                    "id": "fake",
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": "fake",
+                    "choices": [
+                        {"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}
+                    ],
+                },
+            )
+            await writer.drain()
+        self.chunk(
+            writer,
+            {
+                "id": "fake",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": "fake",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            },
+        )
+        self.chunk(
+            writer,
+            {
+                "id": "fake",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": "fake",
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": 10,
+                    "completion_tokens": b.tokens,
+                    "total_tokens": 10 + b.tokens,
+                },
+            },
+        )
+        data = b"data: [DONE]\n\n"
+        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+        await writer.drain()
+        return True
+
+    @staticmethod
+    def chunk(writer: asyncio.StreamWriter, payload: dict) -> None:
+        data = b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+        writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+
+async def serve(host: str, port: int, default: Behaviour) -> None:
+    upstream = FakeUpstream(default)
+    server = await asyncio.start_server(upstream.handle, host, port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18099)
+    parser.add_argument("--mode", default="ok")
+    parser.add_argument("--ttft-ms", type=float, default=50.0)
+    parser.add_argument("--tokens", type=int, default=20)
+    parser.add_argument("--gap-ms", type=float, default=5.0)
+    args = parser.parse_args()
+    default = Behaviour(args.mode, args.ttft_ms, args.tokens, args.gap_ms)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.host, args.port, default))
+
+
+if __name__ == "__main__":
+    main()

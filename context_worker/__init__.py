@@ -1,0 +1,1 @@
+"""Context stage: assembles what the model sees for a turn."""

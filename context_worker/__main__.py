@@ -1,0 +1,41 @@
+"""`python -m context_worker`: wires settings → adapters → the runtime's stage loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+from context_worker.handler import ContextHandler
+from context_worker.settings import ContextSettings
+from context_worker.transcript import PostgresTranscript
+from gateway_runtime.postgres import create_pool
+from gateway_runtime.tenants import TenantDirectory
+from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
+from schemas.events import ModelProfile
+from schemas.topics import Topics
+
+
+async def main(settings: ContextSettings, stop: asyncio.Event) -> None:
+    pool = await create_pool(settings.postgres_dsn)
+    profile = ModelProfile(
+        model=settings.default_model,
+        base_url=settings.default_model_base_url or settings.local_llm_base_url,
+        temperature=settings.default_temperature,
+        max_tokens=settings.default_max_tokens,
+    )
+    try:
+        async with redis_client(settings.redis_url) as redis:
+            handler = ContextHandler(
+                topics=Topics.for_namespace(settings.kafka_namespace),
+                transcript=PostgresTranscript(pool),
+                tenants=TenantDirectory(),
+                default_profile=profile,
+                context_window_tokens=settings.context_window_tokens,
+            )
+            await serve_stage(handler, settings, stop, fanout=fanout_publisher(redis, settings))
+    finally:
+        await pool.close()
+
+
+if __name__ == "__main__":
+    settings = ContextSettings()
+    run_worker(settings, lambda stop: main(settings, stop))

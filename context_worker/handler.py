@@ -1,0 +1,80 @@
+"""The context stage's logic: TurnAuthorized in, TurnContextualized out.
+
+Messages = the tenant's system prompt, the session's transcript trimmed to fit the
+model's context window, then the user's message (or the action's prompt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from context_worker.prompts import ACTION_PROMPTS
+from gateway_runtime.errors import InvalidEvent
+from gateway_runtime.stage import Output
+from gateway_runtime.tenants import TenantDirectory
+from schemas.events import ChatMessage, Event, ModelProfile, TurnAuthorized, TurnContextualized
+from schemas.topics import Topics
+
+
+class Transcript(Protocol):
+    async def recent(self, session_id: str, limit: int) -> list[ChatMessage]: ...
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap upper-ish estimate (about 4 characters a token for English)."""
+    return len(text) // 4 + 1
+
+
+def fit_history(history: list[ChatMessage], budget_tokens: int) -> list[ChatMessage]:
+    """The newest messages whose estimated tokens fit the budget, oldest first."""
+    kept: list[ChatMessage] = []
+    for message in reversed(history):
+        budget_tokens -= estimate_tokens(message.content)
+        if budget_tokens < 0:
+            break
+        kept.append(message)
+    return kept[::-1]
+
+
+@dataclass
+class ContextHandler:
+    topics: Topics
+    transcript: Transcript
+    tenants: TenantDirectory
+    default_profile: ModelProfile
+    context_window_tokens: int = 2048
+    history_limit: int = 50
+    stage: str = "context"
+
+    @property
+    def input_topic(self) -> str:
+        return self.topics.authorized.name
+
+    async def handle(self, event: Event) -> Sequence[Output]:
+        if not isinstance(event, TurnAuthorized):
+            raise InvalidEvent(f"context stage expects TurnAuthorized, got {type(event).__name__}")
+        request = event.request
+        if request.action is not None and request.action not in ACTION_PROMPTS:
+            raise InvalidEvent(f"unknown action {request.action!r}")
+        tenant = self.tenants.get(request.tenant)
+        user_text = ACTION_PROMPTS[request.action] if request.action else request.message
+        system = ChatMessage("system", tenant.system_prompt)
+        profile = self.default_profile
+        budget = (
+            self.context_window_tokens
+            - profile.max_tokens
+            - estimate_tokens(system.content)
+            - estimate_tokens(user_text)
+        )
+        history = await self.transcript.recent(request.session_id, self.history_limit)
+        messages = [system, *fit_history(history, budget), ChatMessage("user", user_text)]
+        contextualized = TurnContextualized(
+            request=request,
+            principal=event.principal,
+            messages=messages,
+            profile=profile,
+            reserved_tokens=event.reserved_tokens,
+        )
+        return [Output(self.topics.contextualized.name, contextualized)]

@@ -1,0 +1,104 @@
+"""Redis fan-out: how stages hand a session's events to whichever ingress streams them.
+
+Each event is appended to the session's Redis stream (the durable, ordered log that
+`Last-Event-ID` resumes from) and published on the session's live channel, atomically in
+one script call. The stream entry id is the SSE event id, so a client can resume from the
+log and then follow the live channel without a gap or a duplicate.
+
+Client-visible event types: turn.accepted, turn.retrying, assistant.delta,
+assistant.final, error (see docs/events.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway_runtime.errors import DependencyUnavailable
+from schemas.events import ErrorInfo
+
+STREAM_PREFIX = "soma:events:"
+LIVE_PREFIX = "soma:live:"
+LIVE_PATTERN = LIVE_PREFIX + "*"
+
+# KEYS[1] stream, KEYS[2] live channel, KEYS[3] optional once-key (keeps the payload);
+# ARGV[1] payload (JSON), ARGV[2] maxlen, ARGV[3] ttl seconds, ARGV[4] event type.
+# The live message is "<stream id> <type>\n<payload>" so subscribers need not parse JSON.
+_APPEND_AND_PUBLISH = """
+if KEYS[3] ~= '' and redis.call('SET', KEYS[3], ARGV[1], 'NX', 'EX', ARGV[3]) == false then
+  return false
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 't', ARGV[4], 'e', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', KEYS[2], id .. ' ' .. ARGV[4] .. '\\n' .. ARGV[1])
+return id
+"""
+
+
+def stream_key(session_id: str) -> str:
+    return STREAM_PREFIX + session_id
+
+
+def live_channel(session_id: str) -> str:
+    return LIVE_PREFIX + session_id
+
+
+class FanoutPublisher:
+    """Publishes a session's client-visible events; one per process, built at start-up."""
+
+    def __init__(self, redis: Redis, *, maxlen: int, ttl_s: int) -> None:
+        self._redis = redis
+        self._maxlen = maxlen
+        self._ttl_s = ttl_s
+        self._script = redis.register_script(_APPEND_AND_PUBLISH)
+
+    async def publish(
+        self,
+        session_id: str,
+        turn_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        once_key: str | None = None,
+    ) -> str | None:
+        """Append and publish one event; returns its stream id.
+
+        With `once_key`, the event is published at most once per key (e.g. the final
+        answer of a turn that a crash made run twice); a repeat returns None.
+        """
+        payload = json.dumps(
+            {
+                "type": event_type,
+                "session_id": session_id,
+                "turn_id": turn_id,
+                "ts": int(time.time() * 1000),
+                "data": data,
+            },
+            separators=(",", ":"),
+        )
+        keys = [stream_key(session_id), live_channel(session_id), once_key or ""]
+        try:
+            result = await self._script(
+                keys=keys, args=[payload, self._maxlen, self._ttl_s, event_type]
+            )
+        except RedisError as exc:
+            raise DependencyUnavailable(f"redis fan-out publish failed: {exc!r}") from exc
+        if result is None:
+            return None
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def recorded(self, once_key: str) -> dict[str, Any] | None:
+        """The event published under `once_key`, if one was."""
+        try:
+            raw = await self._redis.get(once_key)
+        except RedisError as exc:
+            raise DependencyUnavailable(f"redis read failed: {exc!r}") from exc
+        return json.loads(raw) if raw else None
+
+    async def publish_error(self, session_id: str, turn_id: str, error: ErrorInfo) -> None:
+        await self.publish(session_id, turn_id, "error", asdict(error))

@@ -1,0 +1,25 @@
+"""Prometheus metrics shared by the stages (the ingress adds its own HTTP ones)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+STAGE_EVENTS = Counter(
+    "soma_stage_events_total", "Events a stage finished, by outcome", ["stage", "outcome"]
+)
+STAGE_SECONDS = Histogram(
+    "soma_stage_handle_seconds",
+    "Time a stage spent on one event, retries included",
+    ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+STAGE_RETRIES = Counter("soma_stage_retries_total", "Retried handler attempts", ["stage"])
+DEAD_LETTERS = Counter(
+    "soma_dead_letters_total", "Events sent to the dead-letter topic", ["stage", "error_type"]
+)
+
+
+def serve_metrics(port: int) -> None:
+    """Expose /metrics on a side port (workers have no HTTP server of their own)."""
+    if port:
+        start_http_server(port, addr="127.0.0.1")

@@ -1,0 +1,252 @@
+"""The stage loop every worker runs: consume → decode → handle → produce → commit.
+
+Guarantees, in order of importance:
+- an offset is committed only after the outputs of its record are acknowledged by the
+  broker, or after the record is safely in the dead-letter topic (at-least-once; every
+  side effect downstream is keyed by event_id, so redelivery never duplicates);
+- records of one key (session_id) are handled one after another, in offset order;
+  different keys run concurrently, up to `max_in_flight`;
+- a poison record never stops its partition: it is dead-lettered with provenance
+  headers and the partition moves on;
+- `RetryableError` is retried with exponential backoff, `attempts` times in all, then
+  dead-lettered; any other exception is dead-lettered at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from gateway_runtime.errors import RetryableError
+from gateway_runtime.kafka import publish
+from gateway_runtime.logs import log_context
+from gateway_runtime.metrics import DEAD_LETTERS, STAGE_EVENTS, STAGE_RETRIES, STAGE_SECONDS
+from gateway_runtime.offsets import OffsetTracker, Pending
+from gateway_runtime.settings import StageSettings
+from schemas.codec import Codec, EncodedEvent, Headers, header
+from schemas.events import ErrorInfo, Event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """An event a handler wants produced, and where."""
+
+    topic: str
+    event: Event
+
+
+class StageHandler(Protocol):
+    """A stage's logic: one event in, the events to produce out. No Kafka in here."""
+
+    stage: str
+    input_topic: str
+
+    async def handle(self, event: Event) -> Sequence[Output]: ...
+
+
+# Tells the client of a turn that a stage gave up on it (session_id, turn_id, error).
+FailureNotifier = Callable[[str, str, ErrorInfo], Awaitable[None]]
+
+
+class _Revoked(ConsumerRebalanceListener):
+    def __init__(self, loop: StageLoop) -> None:
+        self._loop = loop
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._loop.drain_and_commit(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
+
+
+class StageLoop:
+    def __init__(
+        self,
+        *,
+        handler: StageHandler,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        codec: Codec,
+        settings: StageSettings,
+        dead_letter_topic: str,
+        notify_failure: FailureNotifier | None = None,
+    ) -> None:
+        self._handler = handler
+        self._consumer = consumer
+        self._producer = producer
+        self._codec = codec
+        self._settings = settings
+        self._dead_letter_topic = dead_letter_topic
+        self._notify_failure = notify_failure
+        self._stage = handler.stage
+        self._offsets: OffsetTracker[Any] = OffsetTracker()
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._key_tails: dict[bytes | None, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def rebalance_listener(self) -> ConsumerRebalanceListener:
+        return _Revoked(self)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll and dispatch until `stop` is set, then finish or abandon in-flight work."""
+        try:
+            while not stop.is_set():
+                batches = await self._consumer.getmany(timeout_ms=100)
+                for tp, records in batches.items():
+                    for record in records:
+                        await self._slots.acquire()
+                        self._dispatch(tp, record)
+                await self._commit()
+        finally:
+            await self._drain(self._settings.shutdown_grace_s)
+            await self._commit()
+
+    async def drain_and_commit(self, revoked: set[Any]) -> None:
+        await self._drain(self._settings.shutdown_grace_s)
+        await self._commit()
+        self._offsets.forget(revoked)
+
+    def _dispatch(self, tp: Any, record: Any) -> None:
+        entry = self._offsets.start(tp, record.offset)
+        previous = self._key_tails.get(record.key)
+        task = asyncio.create_task(self._run_after(previous, record, entry))
+        self._key_tails[record.key] = task
+        self._tasks.add(task)
+        task.add_done_callback(lambda t, key=record.key: self._finished(t, key))
+
+    def _finished(self, task: asyncio.Task[None], key: bytes | None) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if self._key_tails.get(key) is task:
+            del self._key_tails[key]
+
+    async def _run_after(
+        self, previous: asyncio.Task[None] | None, record: Any, entry: Pending
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # same key: keep offset order
+        await self._process(record)
+        entry.done = True
+
+    async def _process(self, record: Any) -> None:
+        started = time.perf_counter()
+        first_failure: float | None = None
+        headers: Headers = list(record.headers or ())
+        log_context.set(
+            {
+                "stage": self._stage,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "event_id": header(headers, "event-id"),
+                "session_id": record.key.decode("utf-8", "replace") if record.key else None,
+                "trace_id": header(headers, "trace-id"),
+            }
+        )
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                event = self._codec.decode(record.value, headers)
+                outputs = await self._handler.handle(event)
+                trace_id = header(headers, "trace-id")
+                for output in outputs:
+                    encoded = self._codec.encode(output.event, trace_id=trace_id)
+                    await publish(self._producer, output.topic, encoded)
+                STAGE_EVENTS.labels(self._stage, "ok").inc()
+                break
+            except RetryableError as exc:
+                first_failure = first_failure or time.time()
+                if attempt >= self._settings.retry_attempts:
+                    await self._dead_letter(record, exc, attempt, first_failure)
+                    break
+                STAGE_RETRIES.labels(self._stage).inc()
+                log.warning("retrying after %r", exc, extra={"fields": {"attempt": attempt}})
+                await asyncio.sleep(self._backoff(attempt))
+            except Exception as exc:  # the one catch-all: poison never blocks a partition
+                await self._dead_letter(record, exc, attempt, first_failure or time.time())
+                break
+        STAGE_SECONDS.labels(self._stage).observe(time.perf_counter() - started)
+
+    def _backoff(self, attempt: int) -> float:
+        delay = self._settings.retry_backoff_s * (2 ** (attempt - 1))
+        return min(delay, self._settings.retry_backoff_max_s)
+
+    async def _dead_letter(
+        self, record: Any, exc: BaseException, attempts: int, first_failure: float
+    ) -> None:
+        error_type = type(exc).__name__
+        message = str(exc)[:1000]
+        provenance = {
+            "dlq-source-topic": record.topic,
+            "dlq-source-partition": str(record.partition),
+            "dlq-source-offset": str(record.offset),
+            "dlq-stage": self._stage,
+            "dlq-error-type": error_type,
+            "dlq-error-message": message,
+            "dlq-attempts": str(attempts),
+            "dlq-first-failure-at": _iso(first_failure),
+            "dlq-last-failure-at": _iso(time.time()),
+        }
+        headers = [h for h in (record.headers or ()) if not h[0].startswith("dlq-")]
+        headers += [(k, v.encode()) for k, v in provenance.items()]
+        dead = EncodedEvent(record.key or b"", record.value or b"", headers)
+        delay = self._settings.retry_backoff_s
+        while True:  # the record must land somewhere before its offset is committed
+            try:
+                await publish(self._producer, self._dead_letter_topic, dead)
+                break
+            except RetryableError:
+                log.error("dead-letter publish failed; retrying")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._settings.retry_backoff_max_s)
+        DEAD_LETTERS.labels(self._stage, error_type).inc()
+        STAGE_EVENTS.labels(self._stage, "dead_letter").inc()
+        log.error("dead-lettered: %s: %s", error_type, message)
+        await self._tell_client(record, error_type, message)
+
+    async def _tell_client(self, record: Any, error_type: str, message: str) -> None:
+        if self._notify_failure is None or not record.key:
+            return
+        error = ErrorInfo(
+            code="stage_failed",
+            message=f"the {self._stage} stage could not process this turn "
+            f"({error_type}: {message[:200]}); it is in the dead-letter queue for replay",
+        )
+        turn_id = header(record.headers, "event-id") or ""
+        try:
+            await self._notify_failure(record.key.decode("utf-8", "replace"), turn_id, error)
+        except RetryableError:
+            log.warning("could not tell the client about the dead letter")
+
+    async def _drain(self, grace_s: float) -> None:
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+        for task in pending:  # abandoned: not marked done, so redelivered after restart
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _commit(self) -> None:
+        offsets = self._offsets.committable()
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            log.warning("offset commit failed (records will be redelivered): %r", exc)
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"

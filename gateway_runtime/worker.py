@@ -1,0 +1,100 @@
+"""How every stage worker starts: settings → clients → the stage loop, until a signal.
+
+A worker's `__main__` builds its handler's adapters and calls `run_worker`; everything
+else (logging, metrics, signals, Kafka clients, graceful shutdown) lives here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from redis.asyncio import Redis
+
+from gateway_runtime.fanout import FanoutPublisher
+from gateway_runtime.kafka import make_consumer, make_producer
+from gateway_runtime.logs import configure_logging
+from gateway_runtime.metrics import serve_metrics
+from gateway_runtime.settings import StageSettings
+from gateway_runtime.stage import StageHandler, StageLoop
+from schemas.codec import Codec
+from schemas.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def redis_client(url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def fanout_publisher(redis: Redis, settings: StageSettings) -> FanoutPublisher:
+    return FanoutPublisher(
+        redis, maxlen=settings.session_stream_maxlen, ttl_s=settings.session_stream_ttl_s
+    )
+
+
+async def serve_stage(
+    handler: StageHandler,
+    settings: StageSettings,
+    stop: asyncio.Event,
+    *,
+    fanout: FanoutPublisher | None = None,
+) -> None:
+    """Run `handler` as a member of the consumer group `soma.<stage>` until `stop`."""
+    client_id = f"{settings.service_name}-{os.getpid()}"
+    producer = make_producer(settings.kafka_bootstrap_servers, client_id=client_id)
+    consumer = make_consumer(
+        settings.kafka_bootstrap_servers,
+        group_id=f"{settings.kafka_namespace}.{handler.stage}",
+        client_id=client_id,
+    )
+    loop = StageLoop(
+        handler=handler,
+        consumer=consumer,
+        producer=producer,
+        codec=Codec(),
+        settings=settings,
+        dead_letter_topic=Topics.for_namespace(settings.kafka_namespace).dead_letter.name,
+        notify_failure=fanout.publish_error if fanout else None,
+    )
+    consumer.subscribe([handler.input_topic], listener=loop.rebalance_listener)
+    await producer.start()
+    try:
+        await consumer.start()
+        try:
+            log.info("stage started", extra={"fields": {"input": handler.input_topic}})
+            await loop.run(stop)
+        finally:
+            await consumer.stop()
+    finally:
+        await producer.stop()
+    log.info("stage stopped")
+
+
+def run_worker(settings: StageSettings, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Configure the process, then run `main(stop)` with SIGTERM/SIGINT setting `stop`."""
+    configure_logging(settings.service_name, settings.log_level)
+    serve_metrics(settings.metrics_port)
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    try:
+        import uvloop
+
+        uvloop.run(_main())
+    except ImportError:
+        asyncio.run(_main())

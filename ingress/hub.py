@@ -1,0 +1,103 @@
+"""One Redis subscription per ingress process, fanned out to its local SSE/WS clients.
+
+The hub pattern-subscribes to every session's live channel once; each message goes to
+the queues of the clients of that session on this process, and is dropped cheaply when
+there are none. A client that falls too far behind, and every client after a lost Redis
+connection (the hub reconnects with backoff), is told to re-read the durable log from its
+last event id (`RESYNC`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway_runtime.fanout import LIVE_PATTERN, LIVE_PREFIX
+
+log = logging.getLogger(__name__)
+
+RESYNC = ("", "", "")  # stream id, type, payload — empty: re-read the durable log
+Item = tuple[str, str, str]
+
+
+class FanoutHub:
+    def __init__(self, redis: Redis, *, queue_size: int) -> None:
+        self._redis = redis
+        self._queue_size = queue_size
+        self._clients: dict[str, set[asyncio.Queue[Item]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.connected = False
+
+    @property
+    def client_count(self) -> int:
+        return sum(len(qs) for qs in self._clients.values())
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="fanout-hub")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @contextlib.contextmanager
+    def subscribe(self, session_id: str) -> Iterator[asyncio.Queue[Item]]:
+        queue: asyncio.Queue[Item] = asyncio.Queue(self._queue_size)
+        self._clients.setdefault(session_id, set()).add(queue)
+        try:
+            yield queue
+        finally:
+            queues = self._clients.get(session_id)
+            if queues is not None:
+                queues.discard(queue)
+                if not queues:
+                    del self._clients[session_id]
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe(LIVE_PATTERN)
+                if not self.connected:
+                    self.connected = True
+                    self._broadcast(RESYNC)  # anything published while away is in the log
+                delay = 0.1
+                async for message in pubsub.listen():
+                    if message["type"] == "pmessage":
+                        self._deliver(message["channel"], message["data"])
+            except (RedisError, OSError) as exc:
+                self.connected = False
+                log.warning("fan-out subscription lost (%r); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+
+    def _deliver(self, channel: bytes, data: bytes) -> None:
+        queues = self._clients.get(channel[len(LIVE_PREFIX) :].decode())
+        if not queues:
+            return
+        head, _, payload = data.decode().partition("\n")
+        stream_id, _, event_type = head.partition(" ")
+        item = (stream_id, event_type, payload)
+        for queue in queues:
+            try:
+                queue.put_nowait(item)
+            except asyncio.QueueFull:  # a slow reader: let it catch up from the log
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(RESYNC)
+
+    def _broadcast(self, item: Item) -> None:
+        for queues in self._clients.values():
+            for queue in queues:
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(item)

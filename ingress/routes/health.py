@@ -1,0 +1,87 @@
+"""Health of the gateway and each component it depends on."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from ingress.deps import ResourcesDep
+from ingress.resources import Resources
+
+router = APIRouter(tags=["health"])
+
+# Without these no turn can be accepted or streamed: the gateway is down.
+CRITICAL = ("kafka", "postgres", "redis")
+
+
+async def _kafka(res: Resources) -> None:
+    if not await res.producer.client.force_metadata_update():
+        raise ConnectionError("no broker answered a metadata request")
+
+
+async def _postgres(res: Resources) -> None:
+    await res.pool.fetchval("SELECT 1")
+
+
+async def _redis(res: Resources) -> None:
+    await res.redis.ping()
+
+
+async def _http_ok(res: Resources, url: str) -> None:
+    response = await res.http.get(url)
+    response.raise_for_status()
+
+
+async def _check(name: str, probe: Awaitable[None], timeout: float) -> tuple[str, dict]:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(probe, timeout)
+        status, error = "ok", None
+    except Exception as exc:  # a health probe reports any failure, it never raises
+        status, error = "down", f"{type(exc).__name__}: {exc}"[:200]
+    result: dict = {"status": status, "latency_ms": round((time.perf_counter() - started) * 1e3, 1)}
+    if error:
+        result["error"] = error
+    return name, result
+
+
+async def health_report(res: Resources) -> tuple[int, dict]:
+    s = res.settings
+    probes = {
+        "kafka": _kafka(res),
+        "postgres": _postgres(res),
+        "redis": _redis(res),
+        "openfga": _http_ok(res, s.openfga_api_url.rstrip("/") + "/healthz"),
+        "opa": _http_ok(res, s.opa_url.rstrip("/") + "/health"),
+        "llm": _http_ok(res, s.local_llm_base_url.rstrip("/") + "/models"),
+    }
+    results = dict(
+        await asyncio.gather(*(_check(n, p, s.health_timeout_s) for n, p in probes.items()))
+    )
+    results["fanout"] = {
+        "status": "ok" if res.hub.connected else "down",
+        "clients": res.hub.client_count,
+    }
+    down = {n for n, r in results.items() if r["status"] != "ok"}
+    if down & set(CRITICAL):
+        overall = "down"
+    elif down:
+        overall = "degraded"
+    else:
+        overall = "ok"
+    return (503 if overall == "down" else 200), {"status": overall, "components": results}
+
+
+@router.get("/v1/health")
+async def health(res: ResourcesDep) -> JSONResponse:
+    code, body = await health_report(res)
+    return JSONResponse(body, status_code=code)
+
+
+@router.get("/health", include_in_schema=False)
+async def health_alias(res: ResourcesDep) -> JSONResponse:
+    return await health(res)

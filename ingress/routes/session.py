@@ -1,0 +1,132 @@
+"""Session turns: post a message or an action, follow the session's events (SSE, WS)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Path
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway_runtime.kafka import publish
+from ingress.deps import Principal, PrincipalDep, ResourcesDep
+from ingress.events import valid_event_id
+from ingress.resources import Resources
+from schemas.events import TurnRequested
+
+router = APIRouter(prefix="/v1/session", tags=["session"])
+
+SESSION_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+ACTIONS = ("summarize", "next_steps", "status_report")
+SessionIdPath = Annotated[str, Path(pattern=SESSION_ID)]
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    session_id: str | None = Field(None, pattern=SESSION_ID)
+    persona_id: str | None = Field(None, min_length=1, max_length=128)
+    message: str = Field(min_length=1, max_length=32_000)
+    attachments: list[Annotated[str, Field(max_length=2048)]] = Field(
+        default_factory=list, max_length=16
+    )
+    metadata: dict[
+        Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=1024)]
+    ] = Field(default_factory=dict, max_length=32)
+
+
+class ActionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    session_id: str | None = Field(None, pattern=SESSION_ID)
+    persona_id: str | None = Field(None, min_length=1, max_length=128)
+    action: str = Field(min_length=1, max_length=64)
+    metadata: dict[
+        Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=1024)]
+    ] = Field(default_factory=dict, max_length=32)
+
+
+class TurnAccepted(BaseModel):
+    session_id: str
+    event_id: str
+
+
+async def _request_turn(
+    res: Resources,
+    principal: Principal,
+    body: MessageIn | ActionIn,
+    message: str,
+    action: str | None,
+) -> TurnAccepted:
+    event = TurnRequested(
+        event_id=uuid.uuid4().hex,
+        session_id=body.session_id or uuid.uuid4().hex,
+        message=message,
+        created_at_ms=int(time.time() * 1000),
+        tenant=principal.tenant,
+        persona_id=body.persona_id,
+        attachments=list(getattr(body, "attachments", [])),
+        metadata=dict(body.metadata),
+        principal=principal.subject,
+        action=action,
+    )
+    await publish(res.producer, res.topics.requested.name, res.codec.encode(event))
+    return TurnAccepted(session_id=event.session_id, event_id=event.event_id)
+
+
+@router.post("/message", status_code=202, response_model=TurnAccepted)
+async def post_message(body: MessageIn, res: ResourcesDep, principal: PrincipalDep) -> TurnAccepted:
+    """Start a turn; follow it on the session's event stream."""
+    return await _request_turn(res, principal, body, body.message, None)
+
+
+@router.post("/action", status_code=202, response_model=TurnAccepted)
+async def post_action(body: ActionIn, res: ResourcesDep, principal: PrincipalDep) -> TurnAccepted:
+    """Run a session action (summarize, next_steps, status_report) as a turn."""
+    if body.action not in ACTIONS:
+        raise HTTPException(
+            400,
+            detail={
+                "code": "unknown_action",
+                "message": f"unknown action {body.action!r}; one of {', '.join(ACTIONS)}",
+            },
+        )
+    return await _request_turn(res, principal, body, "", body.action)
+
+
+@router.get("/{session_id}/events", response_class=StreamingResponse)
+async def session_events(
+    session_id: SessionIdPath,
+    res: ResourcesDep,
+    principal: PrincipalDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """Server-sent events of the session: every retained event, or those after Last-Event-ID."""
+    if last_event_id is not None and not valid_event_id(last_event_id):
+        raise HTTPException(
+            400,
+            detail={
+                "code": "invalid_last_event_id",
+                "message": "Last-Event-ID must be an id this stream sent",
+            },
+        )
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"retry: 2000\n\n"
+        async for item in res.events.follow(
+            session_id, last_event_id, res.settings.sse_keepalive_s
+        ):
+            if item is None:
+                yield b": keep-alive\n\n"
+            else:
+                stream_id, event_type, payload = item
+                yield f"id: {stream_id}\nevent: {event_type}\ndata: {payload}\n\n".encode()
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,83 @@
+"""A lean streaming client for OpenAI-compatible chat endpoints (httpx, one per process).
+
+Measured beside LiteLLM because LiteLLM's per-call CPU (~16 ms a streamed call here) is
+most of what stands between the LLM stage and the throughput target; see docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from llm_worker.model import Chunk, ProviderError
+from schemas.events import ChatMessage, ModelProfile, Usage
+
+
+class OpenAIHttpModel:
+    def __init__(self, client: httpx.AsyncClient, *, api_key: str = "none") -> None:
+        self._client = client
+        self._api_key = api_key
+
+    async def stream(
+        self, profile: ModelProfile, messages: list[ChatMessage]
+    ) -> AsyncIterator[Chunk]:
+        if not profile.base_url:
+            raise ProviderError(f"profile {profile.role}/{profile.deployment_mode} has no base_url")
+        url = profile.base_url.rstrip("/") + (profile.api_path or "/chat/completions")
+        body: dict[str, Any] = {
+            "model": profile.model.split("/", 1)[-1],
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": profile.temperature,
+            "max_tokens": profile.max_tokens,
+            **json.loads(profile.kwargs_json or "{}"),
+        }
+        headers = {"Authorization": f"Bearer {self._api_key}"}
+        finished = received = False
+        try:
+            async with self._client.stream("POST", url, json=body, headers=headers) as response:
+                if response.status_code >= 400:
+                    detail = (await response.aread())[:300].decode("utf-8", "replace")
+                    raise ProviderError(
+                        f"{url} answered {response.status_code}: {detail}",
+                        status=response.status_code,
+                    )
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        finished = True
+                        break
+                    chunk = _parse(data)
+                    if chunk.finish_reason:
+                        finished = True
+                    received = received or bool(chunk.text)
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise ProviderError(f"{url}: {exc!r}", mid_stream=received) from exc
+        if not finished:
+            raise ProviderError(f"{url}: stream ended without a finish reason", mid_stream=True)
+
+
+def _parse(data: str) -> Chunk:
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ProviderError(f"malformed stream chunk: {data[:100]!r}", mid_stream=True) from exc
+    usage = payload.get("usage")
+    text, finish = "", None
+    for choice in payload.get("choices") or ():
+        text += (choice.get("delta") or {}).get("content") or ""
+        finish = choice.get("finish_reason") or finish
+    return Chunk(
+        text=text,
+        finish_reason=finish,
+        usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+        if usage
+        else None,
+    )

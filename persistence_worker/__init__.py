@@ -1,0 +1,1 @@
+"""Persistence stage: stores sessions, transcript and usage, idempotently."""

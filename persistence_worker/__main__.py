@@ -1,0 +1,30 @@
+"""`python -m persistence_worker`: wires settings → adapters → the runtime's stage loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway_runtime.postgres import create_pool
+from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
+from persistence_worker.handler import PersistenceHandler
+from persistence_worker.settings import PersistenceSettings
+from persistence_worker.store import PostgresTurnStore
+from schemas.topics import Topics
+
+
+async def main(settings: PersistenceSettings, stop: asyncio.Event) -> None:
+    pool = await create_pool(settings.postgres_dsn, max_size=settings.max_in_flight // 4 + 2)
+    try:
+        async with redis_client(settings.redis_url) as redis:
+            handler = PersistenceHandler(
+                topics=Topics.for_namespace(settings.kafka_namespace),
+                store=PostgresTurnStore(pool),
+            )
+            await serve_stage(handler, settings, stop, fanout=fanout_publisher(redis, settings))
+    finally:
+        await pool.close()
+
+
+if __name__ == "__main__":
+    settings = PersistenceSettings()
+    run_worker(settings, lambda stop: main(settings, stop))

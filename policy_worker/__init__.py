@@ -1,0 +1,1 @@
+"""Policy stage: decides whether a requested turn may run (authorization, budgets)."""

@@ -1,0 +1,136 @@
+"""Avro codec for the mesh's events (fastavro, schemaless binary plus headers).
+
+A Kafka record of the mesh is:
+  key     = session_id (UTF-8), so one partition carries a session's events in order
+  value   = Avro binary of the record, written with the schema the headers name
+  headers = event-id, trace-id, tenant, schema (full name), schema-version
+
+The reader resolves the writer's version against the newest one it knows, so data written
+with an older schema version reads with the current one (new fields take their defaults).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import UnknownType
+
+from schemas.events import EVENT_TYPES, Event, to_avro
+
+AVRO_DIR = Path(__file__).parent / "avro"
+_FILE_RE = re.compile(r"^(?P<name>[A-Z][A-Za-z]+)\.v(?P<version>\d+)\.avsc$")
+
+Headers = list[tuple[str, bytes]]
+
+
+class DecodeError(ValueError):
+    """The record cannot be read as a mesh event: missing headers, unknown schema, bad bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedEvent:
+    key: bytes
+    value: bytes
+    headers: Headers
+
+
+def header(headers: Headers | None, name: str) -> str | None:
+    for key, value in headers or ():
+        if key == name:
+            return value.decode("utf-8", "replace") if value is not None else None
+    return None
+
+
+def load_schemas(directory: Path = AVRO_DIR) -> dict[tuple[str, int], Any]:
+    """Parse every `<Name>.v<N>.avsc` under directory, keyed by (full name, version).
+
+    Composite schemas refer to other records by full name; they are parsed against the
+    newest version of each named type (and `common.v*.avsc`), retried until all resolve.
+    """
+    shared: dict[str, Any] = {}
+    for path in sorted(directory.glob("common.v*.avsc")):
+        fastavro.parse_schema(json.loads(path.read_text()), named_schemas=shared)
+
+    pending = []
+    for path in sorted(directory.glob("*.avsc")):
+        match = _FILE_RE.match(path.name)
+        if match:
+            pending.append((json.loads(path.read_text()), int(match["version"])))
+    # Newest versions first so that the named types composite schemas see are the newest.
+    pending.sort(key=lambda item: -item[1])
+
+    parsed: dict[tuple[str, int], Any] = {}
+    while pending:
+        progress = False
+        for raw, version in list(pending):
+            full_name = f"{raw.get('namespace', '')}.{raw['name']}".lstrip(".")
+            named = {k: v for k, v in shared.items() if k != full_name}
+            try:
+                parsed[(full_name, version)] = fastavro.parse_schema(raw, named_schemas=named)
+            except UnknownType:
+                continue
+            pending.remove((raw, version))
+            progress = True
+            if full_name not in shared:
+                shared[full_name] = named[full_name]
+        if not progress:
+            names = [raw["name"] for raw, _ in pending]
+            raise RuntimeError(f"unresolvable schema references in {names}")
+    return parsed
+
+
+class Codec:
+    """Encodes events to Kafka records and back; one instance per process."""
+
+    def __init__(self, directory: Path = AVRO_DIR) -> None:
+        self._schemas = load_schemas(directory)
+        self._newest: dict[str, tuple[int, Any]] = {}
+        for (name, version), schema in self._schemas.items():
+            if version > self._newest.get(name, (0, None))[0]:
+                self._newest[name] = (version, schema)
+        for cls in EVENT_TYPES.values():
+            assert self._newest[cls.SCHEMA][0] == cls.VERSION, f"{cls.SCHEMA} version mismatch"
+
+    def schema(self, name: str, version: int | None = None) -> Any:
+        if version is None:
+            return self._newest[name][1]
+        return self._schemas[(name, version)]
+
+    def encode(self, event: Event, *, trace_id: str | None = None) -> EncodedEvent:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, self._newest[event.SCHEMA][1], to_avro(event))
+        request = event if hasattr(event, "event_id") else event.request  # type: ignore[union-attr]
+        headers: Headers = [
+            ("event-id", request.event_id.encode()),
+            ("trace-id", (trace_id or uuid.uuid4().hex).encode()),
+            ("tenant", request.tenant.encode()),
+            ("schema", event.SCHEMA.encode()),
+            ("schema-version", str(event.VERSION).encode()),
+        ]
+        return EncodedEvent(request.session_id.encode(), buf.getvalue(), headers)
+
+    def decode(self, value: bytes | None, headers: Headers | None) -> Event:
+        name = header(headers, "schema")
+        version_text = header(headers, "schema-version")
+        if name is None or version_text is None:
+            raise DecodeError("missing 'schema' or 'schema-version' header")
+        if not version_text.isdigit() or (name, int(version_text)) not in self._schemas:
+            raise DecodeError(f"unknown schema {name!r} version {version_text!r}")
+        if name not in EVENT_TYPES:
+            raise DecodeError(f"{name!r} is not an event type")
+        if value is None:
+            raise DecodeError("empty record value")
+        try:
+            record = fastavro.schemaless_reader(
+                io.BytesIO(value), self._schemas[(name, int(version_text))], self._newest[name][1]
+            )
+            return EVENT_TYPES[name].from_avro(record)  # type: ignore[arg-type]
+        except Exception as exc:  # fastavro raises many kinds on corrupt bytes
+            raise DecodeError(f"cannot read {name} v{version_text}: {exc!r}"[:500]) from exc

@@ -1,0 +1,141 @@
+"""Typed views of the Avro records: what handlers take and return.
+
+Field names and defaults mirror the `.avsc` files under `schemas/avro/`; the codec turns
+these into Avro and back. Each event class names its schema and the version it writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelProfile:
+    model: str
+    role: str = "dialogue"
+    deployment_mode: str = "local"
+    base_url: str | None = None
+    api_path: str | None = None
+    temperature: float = 0.7
+    max_tokens: int = 256
+    kwargs_json: str = "{}"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    code: str
+    message: str
+    retryable: bool = False
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequested:
+    SCHEMA: ClassVar[str] = "soma.events.TurnRequested"
+    VERSION: ClassVar[int] = 2
+
+    event_id: str
+    session_id: str
+    message: str
+    created_at_ms: int
+    tenant: str = "default"
+    persona_id: str | None = None
+    attachments: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    principal: str | None = None
+    action: str | None = None
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> TurnRequested:
+        return cls(**d)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnAuthorized:
+    SCHEMA: ClassVar[str] = "soma.events.TurnAuthorized"
+    VERSION: ClassVar[int] = 1
+
+    request: TurnRequested
+    principal: str
+    authorized_at_ms: int
+    reserved_tokens: int = 0
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> TurnAuthorized:
+        return cls(**{**d, "request": TurnRequested.from_avro(d["request"])})
+
+
+@dataclass(frozen=True, slots=True)
+class TurnContextualized:
+    SCHEMA: ClassVar[str] = "soma.events.TurnContextualized"
+    VERSION: ClassVar[int] = 1
+
+    request: TurnRequested
+    principal: str
+    messages: list[ChatMessage]
+    profile: ModelProfile
+    reserved_tokens: int = 0
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> TurnContextualized:
+        return cls(
+            request=TurnRequested.from_avro(d["request"]),
+            principal=d["principal"],
+            messages=[ChatMessage(**m) for m in d["messages"]],
+            profile=ModelProfile(**d["profile"]),
+            reserved_tokens=d["reserved_tokens"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCompleted:
+    SCHEMA: ClassVar[str] = "soma.events.TurnCompleted"
+    VERSION: ClassVar[int] = 1
+
+    request: TurnRequested
+    principal: str
+    status: str
+    completed_at_ms: int
+    usage: Usage
+    answer: str = ""
+    model: str = ""
+    reserved_tokens: int = 0
+    error: ErrorInfo | None = None
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> TurnCompleted:
+        return cls(
+            **{
+                **d,
+                "request": TurnRequested.from_avro(d["request"]),
+                "usage": Usage(**d["usage"]),
+                "error": ErrorInfo(**d["error"]) if d["error"] else None,
+            }
+        )
+
+
+Event = TurnRequested | TurnAuthorized | TurnContextualized | TurnCompleted
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.SCHEMA: cls for cls in (TurnRequested, TurnAuthorized, TurnContextualized, TurnCompleted)
+}
+
+
+def to_avro(event: Event) -> dict[str, Any]:
+    """The record as fastavro writes it (nested dataclasses become dicts)."""
+    return dataclasses.asdict(event)

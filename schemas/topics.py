@@ -1,0 +1,46 @@
+"""Topic names and partition counts: the one list the provisioning code creates.
+
+Names are `<namespace>.<suffix>`; the namespace is `soma` unless KAFKA_NAMESPACE says
+otherwise (tests run a whole mesh in a namespace of their own beside a running one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    name: str
+    partitions: int
+    doc: str
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    requested: Topic
+    authorized: Topic
+    contextualized: Topic
+    completed: Topic
+    dead_letter: Topic
+
+    @classmethod
+    def for_namespace(cls, namespace: str = "soma") -> Topics:
+        return cls(
+            requested=Topic(
+                f"{namespace}.turn.requested", 12, "TurnRequested, from the ingress or automations"
+            ),
+            authorized=Topic(
+                f"{namespace}.turn.authorized", 12, "TurnAuthorized, policy -> context"
+            ),
+            contextualized=Topic(
+                f"{namespace}.turn.contextualized", 12, "TurnContextualized, context -> llm"
+            ),
+            completed=Topic(f"{namespace}.turn.completed", 12, "TurnCompleted, llm -> persistence"),
+            dead_letter=Topic(
+                f"{namespace}.deadletter", 4, "events a stage gave up on, with provenance headers"
+            ),
+        )
+
+    def all(self) -> list[Topic]:
+        return [getattr(self, f.name) for f in fields(self)]

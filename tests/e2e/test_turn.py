@@ -1,0 +1,93 @@
+"""One turn end to end through every stage, on the real infrastructure."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import httpx
+
+from gateway_runtime.settings import CommonSettings
+from tests.sse import SseEvent, read_events
+
+
+def ends_turn(turn_id: str):  # noqa: ANN201 - a predicate
+    return lambda e: e.turn_id == turn_id and e.type in ("assistant.final", "error")
+
+
+async def stored_rows(dsn: str, turn_id: str) -> tuple[int, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        turns = await conn.fetchval("SELECT count(*) FROM turns WHERE turn_id = $1", turn_id)
+        messages = await conn.fetchval(
+            "SELECT count(*) FROM messages WHERE turn_id = $1", turn_id
+        )
+        return int(turns), int(messages)
+    finally:
+        await conn.close()
+
+
+async def wait_stored(dsn: str, turn_id: str, timeout: float = 20) -> tuple[int, int]:
+    async with asyncio.timeout(timeout):
+        while (rows := await stored_rows(dsn, turn_id)) == (0, 0):
+            await asyncio.sleep(0.05)
+    return rows
+
+
+async def test_a_turn_streams_deltas_then_the_final_answer_and_is_stored_once(
+    client: httpx.AsyncClient, settings: CommonSettings
+) -> None:
+    session_id = f"s-{uuid.uuid4().hex}"
+    r = await client.post(
+        "/v1/session/message", json={"session_id": session_id, "message": "hello there"}
+    )
+    assert r.status_code == 202, r.text
+    accepted = r.json()
+    assert accepted["session_id"] == session_id
+    turn_id = accepted["event_id"]
+
+    async with asyncio.timeout(30):
+        events = await read_events(
+            client, f"/v1/session/{session_id}/events", ends_turn(turn_id)
+        )
+    types = [e.type for e in events]
+    assert types[0] == "turn.accepted"
+    assert types[-1] == "assistant.final", events[-1]
+    deltas = [e for e in events if e.type == "assistant.delta"]
+    assert len(deltas) == 20  # the fake upstream's 20 tokens, each as it came
+    final = events[-1].data["data"]
+    assert final["text"] == "".join(d.data["data"]["text"] for d in deltas)
+    assert final["usage"]["completion_tokens"] == 20
+    ids = [e.id for e in events]
+    assert len(set(ids)) == len(ids)
+
+    assert await wait_stored(settings.postgres_dsn, turn_id) == (1, 2)
+    conn = await asyncpg.connect(settings.postgres_dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT role, content FROM messages WHERE session_id = $1 ORDER BY id", session_id
+        )
+    finally:
+        await conn.close()
+    assert [(r["role"], r["content"]) for r in rows] == [
+        ("user", "hello there"),
+        ("assistant", final["text"]),
+    ]
+
+
+async def test_the_next_turn_sees_the_transcript(
+    client: httpx.AsyncClient, settings: CommonSettings
+) -> None:
+    session_id = f"s-{uuid.uuid4().hex}"
+    first = (await client.post("/v1/session/message",
+                               json={"session_id": session_id, "message": "one"})).json()
+    await read_events(client, f"/v1/session/{session_id}/events", ends_turn(first["event_id"]))
+    await wait_stored(settings.postgres_dsn, first["event_id"])
+    second = (await client.post("/v1/session/message",
+                                json={"session_id": session_id, "message": "two"})).json()
+    events: list[SseEvent] = await read_events(
+        client, f"/v1/session/{session_id}/events", ends_turn(second["event_id"])
+    )
+    assert events[-1].type == "assistant.final"
+    assert await wait_stored(settings.postgres_dsn, second["event_id"]) == (1, 2)

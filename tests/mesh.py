@@ -1,0 +1,132 @@
+"""Runs a whole mesh (ingress + every stage worker) as real processes for the tests.
+
+The mesh lives in a Kafka namespace of its own, so it can run beside `make up`'s; the
+infrastructure (Kafka, Postgres, Redis, ...) is the real one `deploy/infra.sh` started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from gateway_runtime.settings import CommonSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = ("policy_worker", "context_worker", "llm_worker", "persistence_worker")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Mesh:
+    env: dict[str, str]
+    log_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['GATEWAY_PORT']}"
+
+    def start(self, name: str, module: str | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module or name],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes[name] = proc
+        return proc
+
+    def kill(self, name: str) -> None:
+        """kill -9: no shutdown, no offset commit."""
+        proc = self.processes.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_all(self) -> None:
+        for proc in self.processes.values():
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 25
+        for proc in self.processes.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.processes.clear()
+
+    async def wait_healthy(self, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        last: object = None
+        async with httpx.AsyncClient() as client:
+            while time.monotonic() < deadline:
+                self._check_alive()
+                try:
+                    r = await client.get(self.base_url + "/v1/health", timeout=5)
+                    last = r.json()
+                    if r.status_code == 200:
+                        return r.json()  # type: ignore[no-any-return]
+                except httpx.HTTPError as exc:
+                    last = exc
+                await asyncio.sleep(0.2)
+        raise TimeoutError(f"ingress not healthy: {last}")
+
+    async def wait_group_members(self, stage: str, timeout: float = 60) -> None:
+        """Until the stage's consumer group is stable with at least one member."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        group = f"{self.env['KAFKA_NAMESPACE']}.{stage}"
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.env["KAFKA_BOOTSTRAP_SERVERS"])
+        await admin.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                self._check_alive()
+                [response] = await admin.describe_consumer_groups([group])
+                _, _, state, _, _, members = response.groups[0][:6]
+                if state == "Stable" and members:
+                    return
+                await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
+        raise TimeoutError(f"consumer group {group} has no stable member")
+
+    def _check_alive(self) -> None:
+        for name, proc in self.processes.items():
+            if proc.poll() is not None:
+                tail = (self.log_dir / f"{name}.log").read_text()[-2000:]
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+
+
+def mesh_env(
+    namespace: str, fake_llm_url: str, settings: CommonSettings, **extra: str
+) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        KAFKA_NAMESPACE=namespace,
+        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
+        GATEWAY_PORT=str(free_port()),
+        GATEWAY_REQUIRE_AUTH="false",
+        DEFAULT_MODEL="openai/fake",
+        DEFAULT_MODEL_BASE_URL=fake_llm_url,
+        RETRY_BACKOFF_S="0.05",
+        PYTHONPATH=str(ROOT),
+        LOG_LEVEL="INFO",
+    )
+    env.update(extra)
+    return env
