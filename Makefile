@@ -1,0 +1,36 @@
+# Soma Gateway. `make up` installs what is missing and starts everything; `make test`
+# runs the suite against the real local stack. Heavy artefacts live in $(SOMA_HOME).
+SHELL := /bin/bash
+export SOMA_HOME ?= $(HOME)/.cache/soma-gateway
+PY := $(SOMA_HOME)/venv/bin/python
+
+.PHONY: up down test bench logs status install infra lint
+
+install:
+	@bash deploy/install.sh
+
+infra: install
+	@bash deploy/infra.sh start
+
+up: infra
+	@bash deploy/services.sh start
+	@curl -fsS http://127.0.0.1:$${GATEWAY_PORT:-8010}/v1/health; echo
+
+down:
+	@bash deploy/services.sh stop
+	@bash deploy/infra.sh stop
+
+status:
+	@bash deploy/infra.sh status
+	@bash deploy/services.sh status
+
+# pytest exits non-zero when no test ran (5), so an empty run never passes.
+test: infra
+	@PYTHONPATH=$(CURDIR) $(PY) -m ruff check .
+	@PYTHONPATH=$(CURDIR) $(PY) -m pytest tests
+
+bench: infra
+	@PYTHONPATH=$(CURDIR) $(PY) -m bench.run
+
+logs:
+	@tail -n 20 -F $(SOMA_HOME)/logs/*.log
