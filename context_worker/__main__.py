@@ -4,32 +4,44 @@ from __future__ import annotations
 
 import asyncio
 
-from context_worker.handler import ContextHandler
+import httpx
+
+from context_worker.handler import DEFAULT_ROLE, ContextHandler
 from context_worker.settings import ContextSettings
 from context_worker.transcript import PostgresTranscript
+from gateway_runtime.memory import open_memory
 from gateway_runtime.postgres import create_pool
+from gateway_runtime.profiles import CachedProfiles, ProfileStore, StoredProfile
 from gateway_runtime.tenants import TenantDirectory
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
-from schemas.events import ModelProfile
 from schemas.topics import Topics
 
 
 async def main(settings: ContextSettings, stop: asyncio.Event) -> None:
     pool = await create_pool(settings.postgres_dsn)
-    profile = ModelProfile(
+    default = StoredProfile(
+        role=DEFAULT_ROLE,
+        deployment_mode=settings.deployment_mode,
         model=settings.default_model,
         base_url=settings.default_model_base_url or settings.local_llm_base_url,
         temperature=settings.default_temperature,
         max_tokens=settings.default_max_tokens,
     )
+    profiles = CachedProfiles(ProfileStore(pool), default, ttl_s=settings.profile_cache_ttl_s)
+    await profiles.ensure_default()
     try:
-        async with redis_client(settings.redis_url) as redis:
+        async with (
+            httpx.AsyncClient(timeout=5.0) as http,
+            redis_client(settings.redis_url) as redis,
+        ):
             handler = ContextHandler(
                 topics=Topics.for_namespace(settings.kafka_namespace),
                 transcript=PostgresTranscript(pool),
                 tenants=TenantDirectory(),
-                default_profile=profile,
+                profiles=profiles,
+                memory=open_memory(settings.somabrain_url, pool, http),
                 context_window_tokens=settings.context_window_tokens,
+                recall_limit=settings.memory_recall_limit,
             )
             await serve_stage(handler, settings, stop, fanout=fanout_publisher(redis, settings))
     finally:

@@ -1,7 +1,9 @@
 """The context stage's logic: TurnAuthorized in, TurnContextualized out.
 
-Messages = the tenant's system prompt, the session's transcript trimmed to fit the
-model's context window, then the user's message (or the action's prompt).
+Messages = the tenant's system prompt, memories recalled for the user's message, the
+session's transcript trimmed to fit the model's context window, then the user's message
+(or the action's prompt over the transcript). The model profile comes from the request's
+`model_role` metadata (default `dialogue`), with its fallbacks.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ from typing import Protocol
 
 from context_worker.prompts import ACTION_PROMPTS
 from gateway_runtime.errors import InvalidEvent
+from gateway_runtime.memory import Memory
+from gateway_runtime.profiles import CachedProfiles
 from gateway_runtime.stage import Output
 from gateway_runtime.tenants import TenantDirectory
-from schemas.events import ChatMessage, Event, ModelProfile, TurnAuthorized, TurnContextualized
+from schemas.events import ChatMessage, Event, TurnAuthorized, TurnContextualized
 from schemas.topics import Topics
+
+DEFAULT_ROLE = "dialogue"
 
 
 class Transcript(Protocol):
@@ -43,9 +49,11 @@ class ContextHandler:
     topics: Topics
     transcript: Transcript
     tenants: TenantDirectory
-    default_profile: ModelProfile
+    profiles: CachedProfiles
+    memory: Memory
     context_window_tokens: int = 2048
     history_limit: int = 50
+    recall_limit: int = 3
     stage: str = "context"
 
     @property
@@ -60,11 +68,23 @@ class ContextHandler:
             raise InvalidEvent(f"unknown action {request.action!r}")
         tenant = self.tenants.get(request.tenant)
         user_text = ACTION_PROMPTS[request.action] if request.action else request.message
-        system = ChatMessage("system", tenant.system_prompt)
-        profile = self.default_profile
+        primary, fallbacks = await self.profiles.resolve(
+            request.metadata.get("model_role", DEFAULT_ROLE)
+        )
+        memories = (
+            await self.memory.recall(request.tenant, event.principal, user_text, self.recall_limit)
+            if self.recall_limit and request.action is None
+            else []
+        )
+        system_text = tenant.system_prompt
+        if memories:
+            system_text += "\n\nWhat you remember of earlier conversations:\n" + "\n---\n".join(
+                memories
+            )
+        system = ChatMessage("system", system_text)
         budget = (
             self.context_window_tokens
-            - profile.max_tokens
+            - primary.max_tokens
             - estimate_tokens(system.content)
             - estimate_tokens(user_text)
         )
@@ -74,7 +94,9 @@ class ContextHandler:
             request=request,
             principal=event.principal,
             messages=messages,
-            profile=profile,
+            profile=primary.to_event(),
             reserved_tokens=event.reserved_tokens,
+            fallbacks=[p.to_event() for p in fallbacks],
+            memories=memories,
         )
         return [Output(self.topics.contextualized.name, contextualized)]

@@ -5,6 +5,9 @@ Each event is appended to the session's Redis stream (the durable, ordered log t
 one script call. The stream entry id is the SSE event id, so a client can resume from the
 log and then follow the live channel without a gap or a duplicate.
 
+While Redis is unavailable, events go to the Postgres fallback log instead
+(`event_log.py`), so no final answer is lost; the ingress reads both.
+
 Client-visible event types: turn.accepted, turn.retrying, assistant.delta,
 assistant.final, error (see docs/events.md).
 """
@@ -20,6 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway_runtime.errors import DependencyUnavailable
+from gateway_runtime.event_log import PostgresEventLog
 from schemas.events import ErrorInfo
 
 STREAM_PREFIX = "soma:events:"
@@ -51,8 +55,16 @@ def live_channel(session_id: str) -> str:
 class FanoutPublisher:
     """Publishes a session's client-visible events; one per process, built at start-up."""
 
-    def __init__(self, redis: Redis, *, maxlen: int, ttl_s: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        maxlen: int,
+        ttl_s: int,
+        fallback: PostgresEventLog | None = None,
+    ) -> None:
         self._redis = redis
+        self._fallback = fallback
         self._maxlen = maxlen
         self._ttl_s = ttl_s
         self._script = redis.register_script(_APPEND_AND_PUBLISH)
@@ -71,12 +83,13 @@ class FanoutPublisher:
         With `once_key`, the event is published at most once per key (e.g. the final
         answer of a turn that a crash made run twice); a repeat returns None.
         """
+        ts_ms = int(time.time() * 1000)
         payload = json.dumps(
             {
                 "type": event_type,
                 "session_id": session_id,
                 "turn_id": turn_id,
-                "ts": int(time.time() * 1000),
+                "ts": ts_ms,
                 "data": data,
             },
             separators=(",", ":"),
@@ -87,7 +100,11 @@ class FanoutPublisher:
                 keys=keys, args=[payload, self._maxlen, self._ttl_s, event_type]
             )
         except RedisError as exc:
-            raise DependencyUnavailable(f"redis fan-out publish failed: {exc!r}") from exc
+            if self._fallback is None:
+                raise DependencyUnavailable(f"redis fan-out publish failed: {exc!r}") from exc
+            return await self._fallback.append(
+                session_id, turn_id, event_type, payload, ts_ms, once_key
+            )
         if result is None:
             return None
         return result.decode() if isinstance(result, bytes) else str(result)
@@ -97,7 +114,11 @@ class FanoutPublisher:
         try:
             raw = await self._redis.get(once_key)
         except RedisError as exc:
-            raise DependencyUnavailable(f"redis read failed: {exc!r}") from exc
+            if self._fallback is None:
+                raise DependencyUnavailable(f"redis read failed: {exc!r}") from exc
+            raw = None
+        if raw is None and self._fallback is not None:
+            raw = await self._fallback.recorded(once_key)
         return json.loads(raw) if raw else None
 
     async def publish_error(self, session_id: str, turn_id: str, error: ErrorInfo) -> None:

@@ -41,3 +41,10 @@ class StageSettings(CommonSettings):
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0
     shutdown_grace_s: float = 20.0
+
+
+class MemorySettings(CommonSettings):
+    """Where memories live: a SomaBrain-style service when set, else Postgres."""
+
+    somabrain_url: str | None = None
+    memory_recall_limit: int = 3

@@ -6,38 +6,64 @@ import asyncio
 
 import httpx
 
-from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
+from gateway_runtime.deployments import DeploymentHealth
+from gateway_runtime.event_log import PostgresEventLog
+from gateway_runtime.fanout import FanoutPublisher
+from gateway_runtime.postgres import create_pool
+from gateway_runtime.worker import redis_client, run_worker, serve_stage
 from llm_worker.attempts import TurnAttempts
 from llm_worker.handler import LLMHandler
 from llm_worker.model import ChatModel
+from llm_worker.router import ModelRouter
 from llm_worker.settings import LLMSettings
 from schemas.topics import Topics
+
+
+def build_model(settings: LLMSettings, http: httpx.AsyncClient) -> ChatModel:
+    if settings.llm_transport == "http":
+        from llm_worker.openai_http import OpenAIHttpModel
+
+        return OpenAIHttpModel(http, api_key=settings.llm_api_key)
+    from llm_worker.litellm_model import LiteLLMModel  # imports litellm: this process only
+
+    return LiteLLMModel(api_key=settings.llm_api_key, timeout_s=settings.llm_timeout_s)
 
 
 async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
     timeout = httpx.Timeout(settings.llm_timeout_s, connect=5.0)
     limits = httpx.Limits(max_connections=settings.max_in_flight, max_keepalive_connections=64)
-    async with (
-        httpx.AsyncClient(timeout=timeout, limits=limits) as http,
-        redis_client(settings.redis_url) as redis,
-    ):
-        model: ChatModel
-        if settings.llm_transport == "http":
-            from llm_worker.openai_http import OpenAIHttpModel
-
-            model = OpenAIHttpModel(http, api_key=settings.llm_api_key)
-        else:
-            from llm_worker.litellm_model import LiteLLMModel
-
-            model = LiteLLMModel(api_key=settings.llm_api_key)
-        fanout = fanout_publisher(redis, settings)
-        handler = LLMHandler(
-            topics=Topics.for_namespace(settings.kafka_namespace),
-            model=model,
-            fanout=fanout,
-            attempts=TurnAttempts(redis),
-        )
-        await serve_stage(handler, settings, stop, fanout=fanout)
+    pool = await create_pool(settings.postgres_dsn, max_size=4)
+    try:
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as http, redis_client(
+            settings.redis_url
+        ) as redis:
+            fanout = FanoutPublisher(
+                redis,
+                maxlen=settings.session_stream_maxlen,
+                ttl_s=settings.session_stream_ttl_s,
+                fallback=PostgresEventLog(pool),
+            )
+            health = DeploymentHealth(
+                redis,
+                threshold=settings.breaker_failure_threshold,
+                cooldown_s=settings.breaker_cooldown_s,
+                window_s=settings.breaker_window_s,
+            )
+            router = ModelRouter(
+                build_model(settings, http),
+                health,
+                retries=settings.llm_retries,
+                backoff_s=settings.llm_retry_backoff_s,
+            )
+            handler = LLMHandler(
+                topics=Topics.for_namespace(settings.kafka_namespace),
+                router=router,
+                fanout=fanout,
+                attempts=TurnAttempts(redis),
+            )
+            await serve_stage(handler, settings, stop, fanout=fanout)
+    finally:
+        await pool.close()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,17 @@
-"""Counts how many times the LLM stage started a turn, across crashes and replicas."""
+"""Counts how many times the LLM stage started a turn, across crashes and replicas.
+
+Without Redis the count is unknown and every start counts as the first: the turn still
+runs, and its end is still published once (the fallback event log keeps the once-key).
+"""
 
 from __future__ import annotations
+
+import logging
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway_runtime.errors import DependencyUnavailable
+log = logging.getLogger(__name__)
 
 
 class TurnAttempts:
@@ -22,5 +28,6 @@ class TurnAttempts:
                 pipe.expire(key, self._ttl_s)
                 count, _ = await pipe.execute()
         except RedisError as exc:
-            raise DependencyUnavailable(f"redis unavailable: {exc!r}") from exc
+            log.warning("attempt count unavailable (%r); assuming a first attempt", exc)
+            return 1
         return int(count)

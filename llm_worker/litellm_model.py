@@ -23,9 +23,11 @@ litellm.telemetry = False
 
 
 class LiteLLMModel:
-    def __init__(self, *, api_key: str = "none", num_retries: int = 0) -> None:
+    def __init__(self, *, api_key: str = "none", timeout_s: float = 60.0) -> None:
+        # Retries, fallbacks and cooldowns are the ModelRouter's (shared through Redis),
+        # so LiteLLM makes exactly one attempt per call.
         self._api_key = api_key
-        self._num_retries = num_retries
+        self._timeout_s = timeout_s
 
     async def stream(
         self, profile: ModelProfile, messages: list[ChatMessage]
@@ -42,7 +44,8 @@ class LiteLLMModel:
                 max_tokens=profile.max_tokens,
                 stream=True,
                 stream_options={"include_usage": True},
-                num_retries=self._num_retries,
+                num_retries=0,
+                timeout=self._timeout_s,
                 **kwargs,
             )
             async for part in response:

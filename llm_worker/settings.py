@@ -13,3 +13,10 @@ class LLMSettings(StageSettings):
     llm_transport: Literal["litellm", "http"] = "litellm"
     llm_api_key: str = "none"
     llm_timeout_s: float = 60.0
+    # Before the first token: tries per deployment beyond the first, and their backoff.
+    llm_retries: int = 1
+    llm_retry_backoff_s: float = 0.2
+    # Circuit breaker per deployment, shared by every llm_worker through Redis.
+    breaker_failure_threshold: int = 5
+    breaker_window_s: float = 60.0
+    breaker_cooldown_s: float = 30.0

@@ -83,13 +83,15 @@ class TurnAuthorized:
 @dataclass(frozen=True, slots=True)
 class TurnContextualized:
     SCHEMA: ClassVar[str] = "soma.events.TurnContextualized"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     request: TurnRequested
     principal: str
     messages: list[ChatMessage]
     profile: ModelProfile
     reserved_tokens: int = 0
+    fallbacks: list[ModelProfile] = field(default_factory=list)
+    memories: list[str] = field(default_factory=list)
 
     @classmethod
     def from_avro(cls, d: dict[str, Any]) -> TurnContextualized:
@@ -99,6 +101,8 @@ class TurnContextualized:
             messages=[ChatMessage(**m) for m in d["messages"]],
             profile=ModelProfile(**d["profile"]),
             reserved_tokens=d["reserved_tokens"],
+            fallbacks=[ModelProfile(**p) for p in d["fallbacks"]],
+            memories=d["memories"],
         )
 
 

@@ -123,6 +123,7 @@ def mesh_env(
         GATEWAY_PORT=str(free_port()),
         GATEWAY_REQUIRE_AUTH="false",
         DEFAULT_MODEL="openai/fake",
+        DEPLOYMENT_MODE=namespace,
         DEFAULT_MODEL_BASE_URL=fake_llm_url,
         RETRY_BACKOFF_S="0.05",
         PYTHONPATH=str(ROOT),

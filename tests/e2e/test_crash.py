@@ -41,9 +41,7 @@ async def test_llm_worker_killed_mid_turn_then_restarted(
             streaming.set()
         return ends_turn(turn_id)(event)
 
-    reader = asyncio.create_task(
-        read_events(client, f"/v1/session/{session_id}/events", until)
-    )
+    reader = asyncio.create_task(read_events(client, f"/v1/session/{session_id}/events", until))
     await asyncio.wait_for(streaming.wait(), 30)
     mesh.kill("llm_worker")
     mesh.start("llm_worker")

@@ -12,7 +12,7 @@ from gateway_runtime.settings import CommonSettings
 from tests.sse import SseEvent, read_events
 
 
-def ends_turn(turn_id: str):  # noqa: ANN201 - a predicate
+def ends_turn(turn_id: str):
     return lambda e: e.turn_id == turn_id and e.type in ("assistant.final", "error")
 
 
@@ -20,9 +20,7 @@ async def stored_rows(dsn: str, turn_id: str) -> tuple[int, int]:
     conn = await asyncpg.connect(dsn)
     try:
         turns = await conn.fetchval("SELECT count(*) FROM turns WHERE turn_id = $1", turn_id)
-        messages = await conn.fetchval(
-            "SELECT count(*) FROM messages WHERE turn_id = $1", turn_id
-        )
+        messages = await conn.fetchval("SELECT count(*) FROM messages WHERE turn_id = $1", turn_id)
         return int(turns), int(messages)
     finally:
         await conn.close()
@@ -30,7 +28,7 @@ async def stored_rows(dsn: str, turn_id: str) -> tuple[int, int]:
 
 async def wait_stored(dsn: str, turn_id: str, timeout: float = 20) -> tuple[int, int]:
     async with asyncio.timeout(timeout):
-        while (rows := await stored_rows(dsn, turn_id)) == (0, 0):
+        while (rows := await stored_rows(dsn, turn_id)) == (0, 0):  # noqa: ASYNC110 - polls Postgres
             await asyncio.sleep(0.05)
     return rows
 
@@ -48,9 +46,7 @@ async def test_a_turn_streams_deltas_then_the_final_answer_and_is_stored_once(
     turn_id = accepted["event_id"]
 
     async with asyncio.timeout(30):
-        events = await read_events(
-            client, f"/v1/session/{session_id}/events", ends_turn(turn_id)
-        )
+        events = await read_events(client, f"/v1/session/{session_id}/events", ends_turn(turn_id))
     types = [e.type for e in events]
     assert types[0] == "turn.accepted"
     assert types[-1] == "assistant.final", events[-1]
@@ -80,12 +76,14 @@ async def test_the_next_turn_sees_the_transcript(
     client: httpx.AsyncClient, settings: CommonSettings
 ) -> None:
     session_id = f"s-{uuid.uuid4().hex}"
-    first = (await client.post("/v1/session/message",
-                               json={"session_id": session_id, "message": "one"})).json()
+    first = (
+        await client.post("/v1/session/message", json={"session_id": session_id, "message": "one"})
+    ).json()
     await read_events(client, f"/v1/session/{session_id}/events", ends_turn(first["event_id"]))
     await wait_stored(settings.postgres_dsn, first["event_id"])
-    second = (await client.post("/v1/session/message",
-                                json={"session_id": session_id, "message": "two"})).json()
+    second = (
+        await client.post("/v1/session/message", json={"session_id": session_id, "message": "two"})
+    ).json()
     events: list[SseEvent] = await read_events(
         client, f"/v1/session/{session_id}/events", ends_turn(second["event_id"])
     )

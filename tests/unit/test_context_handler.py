@@ -6,9 +6,38 @@ import pytest
 
 from context_worker.handler import ContextHandler, fit_history
 from gateway_runtime.errors import InvalidEvent
+from gateway_runtime.profiles import CachedProfiles, StoredProfile
 from gateway_runtime.tenants import TenantDirectory
-from schemas.events import ChatMessage, ModelProfile, TurnAuthorized, TurnRequested
+from schemas.events import ChatMessage, TurnAuthorized, TurnRequested
 from schemas.topics import Topics
+
+
+class MemoryProfiles:
+    """An in-memory twin of ProfileStore."""
+
+    def __init__(self, *profiles: StoredProfile) -> None:
+        self.rows = {(p.role, p.deployment_mode): p for p in profiles}
+
+    async def get(self, role: str, mode: str) -> StoredProfile | None:
+        return self.rows.get((role, mode))
+
+    async def put(self, profile: StoredProfile, *, create_only: bool = False) -> bool:
+        self.rows.setdefault((profile.role, profile.deployment_mode), profile)
+        return True
+
+
+class NoMemories:
+    def __init__(self, memories: list[str] | None = None) -> None:
+        self.memories = memories or []
+
+    async def recall(self, tenant: str, principal: str, query: str, limit: int) -> list[str]:
+        return self.memories[:limit]
+
+    async def remember(self, *args: str) -> None:
+        raise AssertionError("the context stage only recalls")
+
+
+DEFAULT = StoredProfile("dialogue", "local", "m", max_tokens=100)
 
 
 class MemoryTranscript:
@@ -32,12 +61,18 @@ def tenants(tmp_path: Path) -> TenantDirectory:
     return TenantDirectory(path)
 
 
-def _handler(tenants: TenantDirectory, history: list[ChatMessage]) -> ContextHandler:
+def _handler(
+    tenants: TenantDirectory,
+    history: list[ChatMessage],
+    profiles: MemoryProfiles | None = None,
+    memories: list[str] | None = None,
+) -> ContextHandler:
     return ContextHandler(
         topics=Topics.for_namespace("t"),
         transcript=MemoryTranscript(history),
         tenants=tenants,
-        default_profile=ModelProfile(model="m", max_tokens=100),
+        profiles=CachedProfiles(profiles or MemoryProfiles(), DEFAULT),  # type: ignore[arg-type]
+        memory=NoMemories(memories),
         context_window_tokens=400,
     )
 
@@ -80,3 +115,24 @@ async def test_tenant_file_edits_are_picked_up(tmp_path: Path) -> None:
 
     os.utime(path, (1, 1))
     assert directory.get("acme").system_prompt == "Two."
+
+
+async def test_profile_follows_model_role_with_fallbacks(tenants: TenantDirectory) -> None:
+    profiles = MemoryProfiles(
+        DEFAULT,
+        StoredProfile("coder", "local", "big", fallbacks=["small", "missing"]),
+        StoredProfile("small", "local", "tiny"),
+    )
+    [out] = await _handler(tenants, [], profiles).handle(
+        _authorized(metadata={"model_role": "coder"})
+    )
+    assert out.event.profile.model == "big"  # type: ignore[union-attr]
+    assert [p.model for p in out.event.fallbacks] == ["tiny"]  # type: ignore[union-attr]
+    [out] = await _handler(tenants, [], profiles).handle(_authorized(metadata={"model_role": "x"}))
+    assert out.event.profile.model == "m"  # type: ignore[union-attr]
+
+
+async def test_recalled_memories_join_the_system_prompt(tenants: TenantDirectory) -> None:
+    [out] = await _handler(tenants, [], memories=["User likes tea"]).handle(_authorized())
+    assert "User likes tea" in out.event.messages[0].content  # type: ignore[union-attr]
+    assert out.event.memories == ["User likes tea"]  # type: ignore[union-attr]

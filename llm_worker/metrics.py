@@ -1,0 +1,13 @@
+"""Prometheus metrics of the LLM stage (on its metrics port)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+PROVIDER_FAILURES = Counter(
+    "soma_llm_provider_failures_total", "Failed model calls", ["deployment", "status"]
+)
+FALLBACKS = Counter("soma_llm_fallbacks_total", "Turns answered by a fallback", ["model"])
+BREAKER_TRANSITIONS = Counter(
+    "soma_llm_breaker_transitions_total", "Circuit breaker transitions", ["deployment", "state"]
+)

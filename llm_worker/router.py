@@ -1,0 +1,120 @@
+"""Retries, fallbacks and circuit breakers around the model port.
+
+Deployments are tried in order: the profile, then its fallbacks. A deployment whose
+breaker is open is skipped; a failure before the first token is retried (`retries` times,
+with backoff, for errors worth retrying) and then falls through to the next deployment.
+A failure after the first token cannot be hidden by a fallback: it ends the turn as an
+error. Breaker state is shared by every LLM worker through Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from gateway_runtime.deployments import DeploymentHealth, deployment_name
+from gateway_runtime.errors import DependencyUnavailable
+from llm_worker.metrics import BREAKER_TRANSITIONS, FALLBACKS, PROVIDER_FAILURES
+from llm_worker.model import ChatModel, Chunk, ProviderError
+from schemas.events import ChatMessage, ModelProfile
+
+log = logging.getLogger(__name__)
+NOT_RETRYABLE = {400, 401, 403, 404, 422}
+
+
+class AllDeploymentsFailed(ProviderError):
+    def __init__(self, attempts: list[str], last: ProviderError | None) -> None:
+        detail = "; ".join(attempts) or "no deployment configured"
+        super().__init__(detail, status=last.status if last else None)
+        self.attempts = attempts
+
+
+@dataclass(frozen=True, slots=True)
+class Answering:
+    """Which deployment is answering (yielded once, before its first chunk)."""
+
+    profile: ModelProfile
+    fallback: bool
+
+
+class ModelRouter:
+    def __init__(
+        self,
+        model: ChatModel,
+        health: DeploymentHealth,
+        *,
+        retries: int = 1,
+        backoff_s: float = 0.2,
+    ) -> None:
+        self._model = model
+        self._health = health
+        self._retries = retries
+        self._backoff_s = backoff_s
+
+    async def stream(
+        self, profiles: list[ModelProfile], messages: list[ChatMessage]
+    ) -> AsyncIterator[Answering | Chunk]:
+        attempts: list[str] = []
+        last: ProviderError | None = None
+        for index, profile in enumerate(profiles):
+            name = deployment_name(profile)
+            for attempt in range(self._retries + 1):
+                verdict = await self._allow(name)
+                if verdict == "deny":
+                    attempts.append(f"{name}: circuit open, skipped")
+                    break
+                started = time.perf_counter()
+                answered = False
+                try:
+                    async for chunk in self._model.stream(profile, messages):
+                        if not answered and chunk.text:
+                            answered = True
+                            if index:
+                                FALLBACKS.labels(profile.model).inc()
+                            yield Answering(profile, fallback=index > 0)
+                        yield chunk
+                except ProviderError as exc:
+                    last = exc
+                    await self._failed(name, exc)
+                    if answered or exc.mid_stream:
+                        raise
+                    attempts.append(f"{name}: {exc}")
+                    if exc.status in NOT_RETRYABLE or attempt == self._retries:
+                        break
+                    await asyncio.sleep(self._backoff_s * (2**attempt))
+                    continue
+                await self._succeeded(name, (time.perf_counter() - started) * 1000, verdict)
+                return
+        raise AllDeploymentsFailed(attempts, last)
+
+    # Breaker bookkeeping never fails a turn: without Redis every deployment is allowed.
+    async def _allow(self, name: str) -> str:
+        try:
+            verdict = await self._health.allow(name)
+        except DependencyUnavailable:
+            return "allow"
+        if verdict == "probe":
+            BREAKER_TRANSITIONS.labels(name, "half_open").inc()
+        return verdict
+
+    async def _succeeded(self, name: str, ttft_ms: float, verdict: str) -> None:
+        try:
+            await self._health.succeeded(name, ttft_ms)
+        except DependencyUnavailable:
+            return
+        if verdict == "probe":
+            BREAKER_TRANSITIONS.labels(name, "closed").inc()
+            log.info("circuit closed for %s", name)
+
+    async def _failed(self, name: str, exc: ProviderError) -> None:
+        PROVIDER_FAILURES.labels(name, str(exc.status or "connection")).inc()
+        try:
+            state = await self._health.failed(name)
+        except DependencyUnavailable:
+            return
+        if state == "open":
+            BREAKER_TRANSITIONS.labels(name, "open").inc()
+            log.warning("circuit open for %s", name)
