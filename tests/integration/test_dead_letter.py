@@ -25,16 +25,24 @@ async def test_malformed_event_is_dead_lettered_and_the_next_one_is_processed(
     session_id = f"s-{uuid.uuid4().hex}"
     key = session_id.encode()  # same key, so the same partition, right behind the poison
     good = TurnRequested(
-        event_id=uuid.uuid4().hex, session_id=session_id, message="after the poison",
+        event_id=uuid.uuid4().hex,
+        session_id=session_id,
+        message="after the poison",
         created_at_ms=int(time.time() * 1000),
     )
     encoded = Codec().encode(good)
-    poison_headers = [("schema", b"soma.events.TurnRequested"), ("schema-version", b"2"),
-                      ("event-id", b"poison-1")]
+    poison_headers = [
+        ("schema", b"soma.events.TurnRequested"),
+        ("schema-version", b"2"),
+        ("event-id", b"poison-1"),
+    ]
 
     dlq = AIOKafkaConsumer(
-        topics.dead_letter.name, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-        group_id=None, enable_auto_commit=False,
+        topics.dead_letter.name,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        enable_auto_commit=False,
     )
     await dlq.start()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
