@@ -3,8 +3,9 @@
 A bare asyncio HTTP/1.1 server (keep-alive, chunked SSE), so that the fake costs little
 CPU next to the gateway it measures. Behaviour per request comes from the model name,
 `fake[:mode][:ttft_ms[:tokens[:gap_ms]]]`, else from the server's defaults, which
-`POST /admin/mode` changes. Modes: ok, error_500, error_429, reset (the connection is cut
-after half the tokens), hang (first token never comes).
+`POST /admin/mode` changes (with `"name": "<model>"`: only for that model name).
+Modes: ok, error_500, error_429, reset (the connection is cut after half the tokens),
+hang (first token never comes).
 
     python -m bench.fake_upstream --port 18099 --ttft-ms 50 --tokens 20 --gap-ms 5
 """
@@ -30,9 +31,12 @@ class Behaviour:
 class FakeUpstream:
     def __init__(self, default: Behaviour) -> None:
         self.default = default
-        self.requests = 0
+        self.named: dict[str, Behaviour] = {}
+        self.requests: dict[str, int] = {}
 
     def behaviour_for(self, model: str) -> Behaviour:
+        if model in self.named:
+            return self.named[model]
         parts = model.split(":")
         if parts[0] != "fake":
             return self.default
@@ -77,13 +81,20 @@ class FakeUpstream:
                 },
             )
         if method == "GET" and path == "/admin/stats":
-            return await self.send_json(writer, 200, {"requests": self.requests})
+            total = sum(self.requests.values())
+            return await self.send_json(writer, 200, {"requests": total, "by_model": self.requests})
         if method == "POST" and path == "/admin/mode":
-            self.default = replace(self.default, **json.loads(body or b"{}"))
+            change = json.loads(body or b"{}")
+            name = change.pop("name", None)
+            if name:
+                self.named[name] = replace(self.named.get(name, self.default), **change)
+                return await self.send_json(writer, 200, {name: asdict(self.named[name])})
+            self.default = replace(self.default, **change)
             return await self.send_json(writer, 200, {"default": asdict(self.default)})
         if method == "POST" and path.endswith("/chat/completions"):
-            self.requests += 1
             request = json.loads(body or b"{}")
+            model = str(request.get("model", ""))
+            self.requests[model] = self.requests.get(model, 0) + 1
             return await self.complete(writer, request)
         return await self.send_json(writer, 404, {"error": {"message": f"no route {path}"}})
 

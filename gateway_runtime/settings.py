@@ -41,6 +41,8 @@ class StageSettings(CommonSettings):
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0
     shutdown_grace_s: float = 20.0
+    # How often finished offsets are committed; a crash replays at most this much work.
+    commit_interval_s: float = 0.2
 
 
 class MemorySettings(CommonSettings):

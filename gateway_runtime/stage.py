@@ -98,7 +98,12 @@ class StageLoop:
         return _Revoked(self)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll and dispatch until `stop` is set, then finish or abandon in-flight work."""
+        """Poll and dispatch until `stop` is set, then finish or abandon in-flight work.
+
+        Offsets are committed by a side task on a short timer, so a commit round trip
+        (several ms on the broker) never delays the next poll.
+        """
+        committer = asyncio.create_task(self._commit_periodically(stop))
         try:
             while not stop.is_set():
                 batches = await self._consumer.getmany(timeout_ms=100)
@@ -106,9 +111,15 @@ class StageLoop:
                     for record in records:
                         await self._slots.acquire()
                         self._dispatch(tp, record)
-                await self._commit()
         finally:
+            committer.cancel()
+            await asyncio.gather(committer, return_exceptions=True)
             await self._drain(self._settings.shutdown_grace_s)
+            await self._commit()
+
+    async def _commit_periodically(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self._settings.commit_interval_s)
             await self._commit()
 
     async def drain_and_commit(self, revoked: set[Any]) -> None:

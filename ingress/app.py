@@ -10,8 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ingress.body_limit import BodyLimitMiddleware
 from ingress.errors import install_error_handlers
+from ingress.metrics import refresh_deployment_gauges
 from ingress.resources import open_resources
-from ingress.routes import health, session
+from ingress.routes import health, model_profiles, route, session, stream
 from ingress.settings import IngressSettings
 
 
@@ -29,9 +30,13 @@ def create_app(settings: IngressSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(session.router)
+    app.include_router(stream.router)
+    app.include_router(model_profiles.router)
+    app.include_router(route.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        await refresh_deployment_gauges(app.state.resources)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

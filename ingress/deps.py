@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, status
+from starlette.requests import HTTPConnection
 
 from ingress.resources import Resources
 
 
-def get_resources(request: Request) -> Resources:
-    return request.app.state.resources  # type: ignore[no-any-return]
+# Dependencies are async even when they do not await: FastAPI runs sync ones in a thread
+# pool, which costs a thread hop per request. HTTPConnection serves HTTP and WebSocket.
+async def get_resources(conn: HTTPConnection) -> Resources:
+    return conn.app.state.resources  # type: ignore[no-any-return]
 
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
@@ -27,7 +30,7 @@ class Principal:
 ANONYMOUS = Principal("anonymous", "default", frozenset({"admin"}))
 
 
-def current_principal(request: Request, res: ResourcesDep) -> Principal:
+async def current_principal(conn: HTTPConnection, res: ResourcesDep) -> Principal:
     """Who is calling. With auth off everyone is the local anonymous admin."""
     if not res.settings.gateway_require_auth:
         return ANONYMOUS

@@ -11,9 +11,12 @@ import httpx
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
+from gateway_runtime.deployments import DeploymentHealth
+from gateway_runtime.event_log import PostgresEventLog
 from gateway_runtime.fanout import FanoutPublisher
 from gateway_runtime.kafka import make_producer
 from gateway_runtime.postgres import create_pool
+from gateway_runtime.profiles import ProfileStore
 from ingress.events import SessionEvents
 from ingress.hub import FanoutHub
 from ingress.settings import IngressSettings
@@ -33,6 +36,8 @@ class Resources:
     events: SessionEvents
     fanout: FanoutPublisher
     topics: Topics
+    profiles: ProfileStore
+    deployments: DeploymentHealth
 
 
 @contextlib.asynccontextmanager
@@ -57,9 +62,11 @@ async def open_resources(settings: IngressSettings) -> AsyncIterator[Resources]:
             pool=pool,
             http=http,
             hub=hub,
-            events=SessionEvents(redis, hub),
+            events=SessionEvents(redis, hub, PostgresEventLog(pool)),
             fanout=FanoutPublisher(
                 redis, maxlen=settings.session_stream_maxlen, ttl_s=settings.session_stream_ttl_s
             ),
             topics=Topics.for_namespace(settings.kafka_namespace),
+            profiles=ProfileStore(pool),
+            deployments=DeploymentHealth(redis),
         )

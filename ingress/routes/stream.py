@@ -1,0 +1,107 @@
+"""`WS /v1/session/{session_id}/stream`: the session's events, and turns started over it.
+
+Server → client: one JSON text frame per event, `{id, type, session_id, turn_id, ts,
+data}` (the same events, ids and order as the SSE stream). Client → server:
+`{"message": ..., "persona_id"?, "metadata"?}` or `{"action": ...}` starts a turn and is
+answered with `{"type": "turn.requested", "event_id": ...}`; a bad frame is answered with
+an `error` frame and the socket stays open. `?last_event_id=` resumes like Last-Event-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from gateway_runtime.errors import DependencyUnavailable
+from ingress.deps import Principal, PrincipalDep, ResourcesDep
+from ingress.events import valid_event_id
+from ingress.resources import Resources
+from ingress.routes.session import ACTIONS, SESSION_ID, ActionIn, MessageIn, SessionIdPath
+from ingress.turns import request_turn
+
+router = APIRouter(tags=["session"])
+
+
+async def _send_events(
+    ws: WebSocket, res: Resources, session_id: str, last_event_id: str | None
+) -> None:
+    async for item in res.events.follow(session_id, last_event_id, res.settings.sse_keepalive_s):
+        if item is not None:
+            stream_id, _, payload = item
+            await ws.send_text(f'{{"id":"{stream_id}",{payload[1:]}')
+
+
+async def _start_turn(
+    ws: WebSocket, res: Resources, principal: Principal, session_id: str, frame: str
+) -> None:
+    try:
+        raw = json.loads(frame)
+        if not isinstance(raw, dict):
+            raise ValueError("a frame must be a JSON object")
+        raw["session_id"] = session_id
+        body: MessageIn | ActionIn = (
+            ActionIn.model_validate(raw) if "action" in raw else MessageIn.model_validate(raw)
+        )
+        if isinstance(body, ActionIn) and body.action not in ACTIONS:
+            raise ValueError(f"unknown action {body.action!r}; one of {', '.join(ACTIONS)}")
+    except (ValueError, ValidationError) as exc:
+        message = str(exc).splitlines()[0][:300]
+        await ws.send_json(
+            {"type": "error", "data": {"code": "invalid_request", "message": message}}
+        )
+        return
+    try:
+        event = await request_turn(
+            res,
+            principal,
+            session_id=session_id,
+            message=getattr(body, "message", ""),
+            action=getattr(body, "action", None),
+            persona_id=body.persona_id,
+            attachments=getattr(body, "attachments", None),
+            metadata=body.metadata,
+        )
+    except DependencyUnavailable as exc:
+        await ws.send_json(
+            {
+                "type": "error",
+                "data": {"code": "unavailable", "message": str(exc), "retryable": True},
+            }
+        )
+        return
+    await ws.send_json(
+        {"type": "turn.requested", "session_id": session_id, "event_id": event.event_id}
+    )
+
+
+@router.websocket("/v1/session/{session_id}/stream")
+async def session_stream(
+    ws: WebSocket,
+    session_id: SessionIdPath,
+    res: ResourcesDep,
+    principal: PrincipalDep,
+    last_event_id: Annotated[str | None, Query(max_length=40)] = None,
+) -> None:
+    if last_event_id is not None and not valid_event_id(last_event_id):
+        await ws.close(code=1008, reason="last_event_id must be an id this stream sent")
+        return
+    await ws.accept()
+    sender = asyncio.create_task(_send_events(ws, res, session_id, last_event_id))
+    try:
+        while True:
+            frame = await ws.receive_text()
+            await _start_turn(ws, res, principal, session_id, frame)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+            await sender
+
+
+__all__ = ["SESSION_ID", "router"]

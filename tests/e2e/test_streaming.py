@@ -1,0 +1,192 @@
+"""Streaming to clients: resume, fan-out to many clients, WebSocket, Redis outage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from websockets.asyncio.client import connect
+
+from gateway_runtime.settings import CommonSettings
+from tests.e2e.test_llm_failures import profile, turn
+from tests.e2e.test_turn import ends_turn
+from tests.mesh import ROOT, Mesh
+from tests.sse import SseEvent, read_events
+
+
+async def test_last_event_id_resumes_with_exactly_the_rest(client: httpx.AsyncClient) -> None:
+    events = await turn(client, "dialogue")
+    session_id = events[0].data["session_id"]
+    turn_id = events[-1].turn_id
+    assert len(events) > 10
+    for cut in (1, 5, len(events) - 1):
+        rest = await read_events(
+            client,
+            f"/v1/session/{session_id}/events",
+            ends_turn(turn_id),
+            last_event_id=events[cut - 1].id,
+        )
+        assert [e.id for e in rest] == [e.id for e in events[cut:]]
+
+
+async def test_sse_headers_and_keep_alive(mesh: Mesh) -> None:
+    async with (
+        httpx.AsyncClient(base_url=mesh.base_url) as client,
+        client.stream("GET", f"/v1/session/s-{uuid.uuid4().hex}/events") as response,
+    ):
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-accel-buffering"] == "no"
+        first = await response.aiter_lines().__anext__()
+        assert first.startswith("retry:")
+
+
+async def test_200_clients_one_subscription_each_gets_only_its_session(
+    client: httpx.AsyncClient, settings: CommonSettings
+) -> None:
+    redis = Redis.from_url(settings.redis_url)
+    patterns_before = await redis.pubsub_numpat()
+    sessions = [f"s-{uuid.uuid4().hex}" for _ in range(50)]
+    ready = asyncio.Semaphore(0)
+    turn_ids: dict[str, str] = {}
+
+    async def listen(session_id: str) -> list[SseEvent]:
+        seen: list[SseEvent] = []
+        async with client.stream("GET", f"/v1/session/{session_id}/events") as response:
+            ready.release()
+            buffer: dict[str, str] = {}
+            async for line in response.aiter_lines():
+                if line == "" and "data" in buffer:
+                    event = SseEvent(
+                        buffer.get("id", ""), buffer.get("event", ""), json.loads(buffer["data"])
+                    )
+                    seen.append(event)
+                    buffer = {}
+                    if event.type == "assistant.final":
+                        return seen
+                elif line and not line.startswith(":"):
+                    key, _, value = line.partition(":")
+                    buffer[key] = value.lstrip()
+        return seen
+
+    limits = httpx.Limits(max_connections=300)
+    async with httpx.AsyncClient(base_url=str(client.base_url), timeout=60, limits=limits) as many:
+        listeners = [asyncio.create_task(listen(s)) for s in sessions for _ in range(4)]
+        async with asyncio.timeout(30):
+            for _ in listeners:
+                await ready.acquire()
+        health = (await many.get("/v1/health")).json()
+        assert health["components"]["fanout"]["clients"] >= 200
+        assert await redis.pubsub_numpat() == patterns_before  # no subscription per client
+        for session_id in sessions:
+            r = await many.post(
+                "/v1/session/message", json={"session_id": session_id, "message": "hi"}
+            )
+            turn_ids[session_id] = r.json()["event_id"]
+        async with asyncio.timeout(60):
+            results = await asyncio.gather(*listeners)
+    await redis.aclose()
+    for index, events in enumerate(results):
+        session_id = sessions[index // 4]
+        assert {e.data["session_id"] for e in events} == {session_id}
+        assert [e.type for e in events][-1] == "assistant.final"
+        assert len([e for e in events if e.type == "assistant.delta"]) == 20
+        assert {e.turn_id for e in events} == {turn_ids[session_id]}
+
+
+async def test_websocket_starts_a_turn_and_streams_its_events(mesh: Mesh) -> None:
+    session_id = f"s-{uuid.uuid4().hex}"
+    url = mesh.base_url.replace("http", "ws") + f"/v1/session/{session_id}/stream"
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"nonsense": True}))
+        bad = json.loads(await ws.recv())
+        assert bad["type"] == "error" and bad["data"]["code"] == "invalid_request"
+        await ws.send(json.dumps({"message": "hello over ws"}))
+        frames = []
+        async with asyncio.timeout(30):
+            while True:
+                frame = json.loads(await ws.recv())
+                frames.append(frame)
+                if frame["type"] in ("assistant.final", "error"):
+                    break
+    assert frames[0]["type"] == "turn.requested"
+    turn_id = frames[0]["event_id"]
+    assert frames[-1]["type"] == "assistant.final"
+    assert all(f["turn_id"] == turn_id for f in frames[1:])
+    assert len([f for f in frames if f["type"] == "assistant.delta"]) == 20
+    assert all(f["id"] for f in frames[1:])
+
+
+async def _infra(action: str, component: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "bash", str(ROOT / "deploy" / "infra.sh"), action, component
+    )
+    assert await proc.wait() == 0
+
+
+@pytest.fixture
+async def slow_named(fake_llm: str):  # noqa: ANN201 - a fixture
+    async with httpx.AsyncClient() as fake:
+        r = await fake.post(
+            fake_llm + "/admin/mode", json={"name": "fake-slow", "gap_ms": 150, "tokens": 20}
+        )
+        r.raise_for_status()
+    yield "openai/fake-slow"
+
+
+async def test_redis_stopped_during_a_turn_the_client_still_gets_the_final_answer(
+    client: httpx.AsyncClient, mesh: Mesh, fake_llm: str, slow_named: str
+) -> None:
+    await profile(client, mesh, "slow", slow_named, fake_llm)
+    session_id = f"s-{uuid.uuid4().hex}"
+    r = await client.post(
+        "/v1/session/message",
+        json={"session_id": session_id, "message": "hi", "metadata": {"model_role": "slow"}},
+    )
+    turn_id = r.json()["event_id"]
+    streaming = asyncio.Event()
+
+    def until(event: SseEvent) -> bool:
+        if event.type == "assistant.delta" and event.data["data"]["seq"] >= 2:
+            streaming.set()
+        return ends_turn(turn_id)(event)
+
+    reader = asyncio.create_task(read_events(client, f"/v1/session/{session_id}/events", until))
+    try:
+        await asyncio.wait_for(streaming.wait(), 30)
+        await _infra("stop", "redis")
+        events = await asyncio.wait_for(reader, 60)
+    finally:
+        await _infra("start", "redis")
+    assert events[-1].type == "assistant.final"
+    assert any(e.id.startswith("pg-") for e in events)  # came through the fallback log
+    final_text = events[-1].data["data"]["text"]
+    assert final_text.count("tok") == 20
+    async with asyncio.timeout(30):
+        while (await client.get("/v1/health")).json()["components"]["fanout"]["status"] != "ok":
+            await asyncio.sleep(0.1)
+
+
+async def test_a_turn_with_the_real_local_model(
+    client: httpx.AsyncClient, mesh: Mesh, settings: CommonSettings
+) -> None:
+    r = await client.put(
+        f"/v1/model-profiles/local/{mesh.env['DEPLOYMENT_MODE']}",
+        json={
+            "model": "openai/smollm2",
+            "base_url": settings.local_llm_base_url,
+            "max_tokens": 32,
+            "temperature": 0.2,
+        },
+    )
+    assert r.status_code == 200, r.text
+    events = await turn(client, "local")
+    assert events[-1].type == "assistant.final", events[-1]
+    deltas = [e for e in events if e.type == "assistant.delta"]
+    assert len(deltas) >= 2
+    assert events[-1].data["data"]["text"].strip()
+    assert events[-1].data["data"]["model"] == "openai/smollm2"
