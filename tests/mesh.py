@@ -58,6 +58,15 @@ class Mesh:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
 
+    def stop(self, name: str) -> None:
+        proc = self.processes.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(25)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
     def stop_all(self) -> None:
         for proc in self.processes.values():
             proc.send_signal(signal.SIGTERM)
@@ -86,8 +95,8 @@ class Mesh:
                 await asyncio.sleep(0.2)
         raise TimeoutError(f"ingress not healthy: {last}")
 
-    async def wait_group_members(self, stage: str, timeout: float = 60) -> None:
-        """Until the stage's consumer group is stable with at least one member."""
+    async def wait_group_members(self, stage: str, timeout: float = 60, count: int = 1) -> None:
+        """Until the stage's consumer group is stable with `count` members or more."""
         from aiokafka.admin import AIOKafkaAdminClient
 
         group = f"{self.env['KAFKA_NAMESPACE']}.{stage}"
@@ -99,7 +108,7 @@ class Mesh:
                 self._check_alive()
                 [response] = await admin.describe_consumer_groups([group])
                 _, _, state, _, _, members = response.groups[0][:6]
-                if state == "Stable" and members:
+                if state == "Stable" and len(members) >= count:
                     return
                 await asyncio.sleep(0.2)
         finally:
@@ -126,6 +135,10 @@ def mesh_env(
         DEPLOYMENT_MODE=namespace,
         DEFAULT_MODEL_BASE_URL=fake_llm_url,
         RETRY_BACKOFF_S="0.05",
+        LLM_RETRY_BACKOFF_S="0.05",
+        BREAKER_FAILURE_THRESHOLD="3",
+        BREAKER_COOLDOWN_S="2",
+        PROFILE_CACHE_TTL_S="0.5",
         PYTHONPATH=str(ROOT),
         LOG_LEVEL="INFO",
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -11,11 +9,10 @@ from fastapi import APIRouter, Header, HTTPException, Path
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway_runtime.kafka import publish
 from ingress.deps import Principal, PrincipalDep, ResourcesDep
 from ingress.events import valid_event_id
 from ingress.resources import Resources
-from schemas.events import TurnRequested
+from ingress.turns import request_turn
 
 router = APIRouter(prefix="/v1/session", tags=["session"])
 
@@ -61,19 +58,16 @@ async def _request_turn(
     message: str,
     action: str | None,
 ) -> TurnAccepted:
-    event = TurnRequested(
-        event_id=uuid.uuid4().hex,
-        session_id=body.session_id or uuid.uuid4().hex,
+    event = await request_turn(
+        res,
+        principal,
+        session_id=body.session_id,
         message=message,
-        created_at_ms=int(time.time() * 1000),
-        tenant=principal.tenant,
-        persona_id=body.persona_id,
-        attachments=list(getattr(body, "attachments", [])),
-        metadata=dict(body.metadata),
-        principal=principal.subject,
         action=action,
+        persona_id=body.persona_id,
+        attachments=getattr(body, "attachments", None),
+        metadata=body.metadata,
     )
-    await publish(res.producer, res.topics.requested.name, res.codec.encode(event))
     return TurnAccepted(session_id=event.session_id, event_id=event.event_id)
 
 

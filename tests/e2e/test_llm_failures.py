@@ -123,7 +123,7 @@ async def breaker_state(client: httpx.AsyncClient, deployment: str) -> str:
 
 
 @pytest.fixture
-async def second_llm_worker(mesh: Mesh):  # noqa: ANN201 - a fixture
+async def second_llm_worker(mesh: Mesh):
     mesh.start("llm_worker_2", module="llm_worker")
     await mesh.wait_group_members("llm", count=2)
     yield

@@ -129,7 +129,7 @@ async def _infra(action: str, component: str) -> None:
 
 
 @pytest.fixture
-async def slow_named(fake_llm: str):  # noqa: ANN201 - a fixture
+async def slow_named(fake_llm: str):
     async with httpx.AsyncClient() as fake:
         r = await fake.post(
             fake_llm + "/admin/mode", json={"name": "fake-slow", "gap_ms": 150, "tokens": 20}
@@ -167,7 +167,7 @@ async def test_redis_stopped_during_a_turn_the_client_still_gets_the_final_answe
     final_text = events[-1].data["data"]["text"]
     assert final_text.count("tok") == 20
     async with asyncio.timeout(30):
-        while (await client.get("/v1/health")).json()["components"]["fanout"]["status"] != "ok":
+        while (await client.get("/v1/health")).json()["components"]["fanout"]["status"] != "ok":  # noqa: ASYNC110
             await asyncio.sleep(0.1)
 
 
