@@ -136,3 +136,12 @@ async def test_recalled_memories_join_the_system_prompt(tenants: TenantDirectory
     [out] = await _handler(tenants, [], memories=["User likes tea"]).handle(_authorized())
     assert "User likes tea" in out.event.messages[0].content  # type: ignore[union-attr]
     assert out.event.memories == ["User likes tea"]  # type: ignore[union-attr]
+
+
+def test_the_default_profile_points_at_the_local_model() -> None:
+    from context_worker.settings import ContextSettings
+
+    fields = ContextSettings.model_fields
+    assert fields["default_model"].default == "openai/smollm2"
+    assert fields["default_model_base_url"].default is None  # = LOCAL_LLM_BASE_URL
+    assert fields["deployment_mode"].default == "local"
