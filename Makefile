@@ -15,6 +15,7 @@ infra: install
 up: infra
 	@bash deploy/services.sh start
 	@curl -fsS http://127.0.0.1:$${GATEWAY_PORT:-8010}/v1/health; echo
+	@echo "bootstrap admin key (also in $(SOMA_HOME)/admin-key): $$(cat $(SOMA_HOME)/admin-key)"
 
 down:
 	@bash deploy/services.sh stop

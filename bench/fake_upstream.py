@@ -5,7 +5,10 @@ CPU next to the gateway it measures. Behaviour per request comes from the model 
 `fake[:mode][:ttft_ms[:tokens[:gap_ms]]]`, else from the server's defaults, which
 `POST /admin/mode` changes (with `"name": "<model>"`: only for that model name).
 Modes: ok, error_500, error_429, reset (the connection is cut after half the tokens),
-hang (first token never comes).
+hang (first token never comes), tool (streamed requests offering the `calculator` tool are
+answered with a streamed call `calculator({"expression": "6*7"})`; once the messages hold
+a `tool` result, or when no such tool is offered, the answer is text: "The result is
+<the last tool result>").
 
     python -m bench.fake_upstream --port 18099 --ttft-ms 50 --tokens 20 --gap-ms 5
 """
@@ -114,6 +117,8 @@ class FakeUpstream:
             return await self.send_json(writer, 500, {"error": {"message": "fake upstream 500"}})
         if b.mode == "error_429":
             return await self.send_json(writer, 429, {"error": {"message": "rate limited"}})
+        if b.mode == "tool" and request.get("stream"):
+            return await self.complete_with_tool(writer, request, b)
         if not request.get("stream"):
             await asyncio.sleep(b.ttft_ms / 1000)
             text = "".join(f"tok{i} " for i in range(b.tokens))
@@ -195,6 +200,59 @@ class FakeUpstream:
         writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
         await writer.drain()
         return True
+
+    async def complete_with_tool(
+        self, writer: asyncio.StreamWriter, request: dict, b: Behaviour
+    ) -> bool:
+        """One streamed answer of the `tool` mode: a calculator call, or the text after it."""
+        messages = request.get("messages") or []
+        results = [str(m.get("content")) for m in messages if m.get("role") == "tool"]
+        offered = {
+            (t.get("function") or {}).get("name") for t in request.get("tools") or ()
+        }
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        await asyncio.sleep(b.ttft_ms / 1000)
+        created = int(time.time())
+        if "calculator" in offered and not results:
+            # The call comes in pieces, as real providers stream it: id and name first,
+            # then the arguments JSON in fragments.
+            first = {"index": 0, "id": "call_fake_1", "type": "function",
+                     "function": {"name": "calculator", "arguments": ""}}
+            deltas: list[dict] = [{"role": "assistant", "tool_calls": [first]}]
+            for fragment in ('{"expres', 'sion": "6*', '7"}'):
+                deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]})
+            finish = "tool_calls"
+        else:
+            text = f"The result is {results[-1]}" if results else "No tool was offered."
+            words = text.split(" ")
+            deltas = [{"content": w + " "} for w in words[:-1]] + [{"content": words[-1]}]
+            finish = "stop"
+        for i, delta in enumerate(deltas):
+            if i:
+                await asyncio.sleep(b.gap_ms / 1000)
+            self.chunk(writer, self.delta(created, delta, None))
+            await writer.drain()
+        self.chunk(writer, self.delta(created, {}, finish))
+        usage = {"prompt_tokens": 10, "completion_tokens": len(deltas),
+                 "total_tokens": 10 + len(deltas)}
+        self.chunk(writer, {**self.delta(created, {}, None), "choices": [], "usage": usage})
+        data = b"data: [DONE]\n\n"
+        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+        await writer.drain()
+        return True
+
+    @staticmethod
+    def delta(created: int, delta: dict, finish: str | None) -> dict:
+        return {
+            "id": "fake",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": "fake",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
 
     @staticmethod
     def chunk(writer: asyncio.StreamWriter, payload: dict) -> None:

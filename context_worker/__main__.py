@@ -34,16 +34,18 @@ async def main(settings: ContextSettings, stop: asyncio.Event) -> None:
             httpx.AsyncClient(timeout=5.0) as http,
             redis_client(settings.redis_url) as redis,
         ):
+            fanout = fanout_publisher(redis, settings)
             handler = ContextHandler(
                 topics=Topics.for_namespace(settings.kafka_namespace),
                 transcript=PostgresTranscript(pool),
                 tenants=TenantDirectory(),
                 profiles=profiles,
                 memory=open_memory(settings.somabrain_url, pool, http),
+                fanout=fanout,
                 context_window_tokens=settings.context_window_tokens,
                 recall_limit=settings.memory_recall_limit,
             )
-            await serve_stage(handler, settings, stop, fanout=fanout_publisher(redis, settings))
+            await serve_stage(handler, settings, stop, fanout=fanout)
     finally:
         await pool.close()
 

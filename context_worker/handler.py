@@ -3,22 +3,34 @@
 Messages = the tenant's system prompt, memories recalled for the user's message, the
 session's transcript trimmed to fit the model's context window, then the user's message
 (or the action's prompt over the transcript). The model profile comes from the request's
-`model_role` metadata (default `dialogue`), with its fallbacks.
+`model_role` metadata (default `dialogue`), with its fallbacks, less any model the
+tenant may not use; when none is left the turn ends here as failed (`model_not_allowed`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from context_worker.prompts import ACTION_PROMPTS
 from gateway_runtime.errors import InvalidEvent
+from gateway_runtime.fanout import FanoutPublisher
 from gateway_runtime.memory import Memory
 from gateway_runtime.profiles import CachedProfiles
 from gateway_runtime.stage import Output
 from gateway_runtime.tenants import TenantDirectory
-from schemas.events import ChatMessage, Event, TurnAuthorized, TurnContextualized
+from schemas.events import (
+    ChatMessage,
+    ErrorInfo,
+    Event,
+    TurnAuthorized,
+    TurnCompleted,
+    TurnContextualized,
+    Usage,
+)
 from schemas.topics import Topics
 
 DEFAULT_ROLE = "dialogue"
@@ -26,6 +38,10 @@ DEFAULT_ROLE = "dialogue"
 
 class Transcript(Protocol):
     async def recent(self, session_id: str, limit: int) -> list[ChatMessage]: ...
+
+
+async def _nothing() -> list[str]:
+    return []
 
 
 def estimate_tokens(text: str) -> int:
@@ -51,6 +67,7 @@ class ContextHandler:
     tenants: TenantDirectory
     profiles: CachedProfiles
     memory: Memory
+    fanout: FanoutPublisher
     context_window_tokens: int = 2048
     history_limit: int = 50
     recall_limit: int = 3
@@ -68,13 +85,19 @@ class ContextHandler:
             raise InvalidEvent(f"unknown action {request.action!r}")
         tenant = self.tenants.get(request.tenant)
         user_text = ACTION_PROMPTS[request.action] if request.action else request.message
-        primary, fallbacks = await self.profiles.resolve(
-            request.metadata.get("model_role", DEFAULT_ROLE)
-        )
-        memories = (
-            await self.memory.recall(request.tenant, event.principal, user_text, self.recall_limit)
-            if self.recall_limit and request.action is None
-            else []
+        role = request.metadata.get("model_role", DEFAULT_ROLE)
+        resolved = await self.profiles.resolve(role)
+        usable = [p for p in (resolved[0], *resolved[1]) if tenant.model_allowed(p.model)]
+        if not usable:
+            return await self._refuse(event, role)
+        primary, *fallbacks = usable
+        recall = self.recall_limit and request.action is None
+        # Two independent reads: run them concurrently, the turn waits for the slower one.
+        memories, history = await asyncio.gather(
+            self.memory.recall(request.tenant, event.principal, user_text, self.recall_limit)
+            if recall
+            else _nothing(),
+            self.transcript.recent(request.session_id, self.history_limit),
         )
         system_text = tenant.system_prompt
         if memories:
@@ -88,7 +111,6 @@ class ContextHandler:
             - estimate_tokens(system.content)
             - estimate_tokens(user_text)
         )
-        history = await self.transcript.recent(request.session_id, self.history_limit)
         messages = [system, *fit_history(history, budget), ChatMessage("user", user_text)]
         contextualized = TurnContextualized(
             request=request,
@@ -100,3 +122,22 @@ class ContextHandler:
             memories=memories,
         )
         return [Output(self.topics.contextualized.name, contextualized)]
+
+    async def _refuse(self, event: TurnAuthorized, role: str) -> Sequence[Output]:
+        request = event.request
+        error = ErrorInfo(
+            code="model_not_allowed",
+            message=f"tenant {request.tenant!r} may not use the model(s) of role {role!r}; "
+            "pick another model_role or ask an operator to change the tenant's models_allow",
+        )
+        await self.fanout.publish_error(request.session_id, request.event_id, error)
+        failed = TurnCompleted(
+            request=request,
+            principal=event.principal,
+            status="failed",
+            completed_at_ms=int(time.time() * 1000),
+            usage=Usage(),
+            reserved_tokens=event.reserved_tokens,
+            error=error,
+        )
+        return [Output(self.topics.completed.name, failed)]

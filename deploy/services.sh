@@ -6,7 +6,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-SERVICES=(policy_worker context_worker llm_worker persistence_worker ingress)
+SERVICES=(policy_worker context_worker llm_worker tool_dispatcher persistence_worker ingress)
 PY=$VENV/bin/python
 export PYTHONPATH=$REPO_DIR GATEWAY_REQUIRE_AUTH=${GATEWAY_REQUIRE_AUTH:-false}
 HEALTH_URL=http://127.0.0.1:$GATEWAY_PORT/v1/health
@@ -16,6 +16,9 @@ start() {
   started=$EPOCHREALTIME
   (cd "$REPO_DIR" && "$PY" -m gateway_runtime.provision >>"$LOG_DIR/provision.log" 2>&1) ||
     fail_with_log provision "provisioning topics and migrations failed"
+  # The first admin key (idempotent): $SOMA_HOME/admin-key, mode 0600; `make up` prints it.
+  (cd "$REPO_DIR" && "$PY" -m ingress.auth.bootstrap >/dev/null 2>>"$LOG_DIR/provision.log") ||
+    fail_with_log provision "creating the bootstrap admin key failed"
   for name in "${SERVICES[@]}"; do
     is_running "$name" && continue
     (cd "$REPO_DIR" && start_daemon "$name" "$PY" -m "$name")

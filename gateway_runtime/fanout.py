@@ -8,15 +8,15 @@ log and then follow the live channel without a gap or a duplicate.
 While Redis is unavailable, events go to the Postgres fallback log instead
 (`event_log.py`), so no final answer is lost; the ingress reads both.
 
-Client-visible event types: turn.accepted, turn.retrying, assistant.delta,
-assistant.final, error (see docs/events.md).
+Client-visible event types: turn.accepted, turn.retrying, assistant.delta, tool.call,
+tool.result, assistant.final, error (see docs/events.md).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -24,11 +24,8 @@ from redis.exceptions import RedisError
 
 from gateway_runtime.errors import DependencyUnavailable
 from gateway_runtime.event_log import PostgresEventLog
+from gateway_runtime.settings import CommonSettings
 from schemas.events import ErrorInfo
-
-STREAM_PREFIX = "soma:events:"
-LIVE_PREFIX = "soma:live:"
-LIVE_PATTERN = LIVE_PREFIX + "*"
 
 # KEYS[1] stream, KEYS[2] live channel, KEYS[3] optional once-key (keeps the payload);
 # ARGV[1] payload (JSON), ARGV[2] maxlen, ARGV[3] ttl seconds, ARGV[4] event type.
@@ -44,12 +41,29 @@ return id
 """
 
 
-def stream_key(session_id: str) -> str:
-    return STREAM_PREFIX + session_id
+@dataclass(frozen=True, slots=True)
+class FanoutKeys:
+    """Redis names of a session's log and live channel, under the mesh's namespace.
 
+    Meshes in different namespaces (KAFKA_NAMESPACE) share a Redis without seeing each
+    other's sessions.
+    """
 
-def live_channel(session_id: str) -> str:
-    return LIVE_PREFIX + session_id
+    namespace: str = "soma"
+
+    def stream(self, session_id: str) -> str:
+        return f"{self.namespace}:events:{session_id}"
+
+    def live(self, session_id: str) -> str:
+        return f"{self.live_prefix}{session_id}"
+
+    @property
+    def live_prefix(self) -> str:
+        return f"{self.namespace}:live:"
+
+    @property
+    def live_pattern(self) -> str:
+        return self.live_prefix + "*"
 
 
 class FanoutPublisher:
@@ -62,12 +76,27 @@ class FanoutPublisher:
         maxlen: int,
         ttl_s: int,
         fallback: PostgresEventLog | None = None,
+        keys: FanoutKeys | None = None,
     ) -> None:
         self._redis = redis
+        self._keys = keys or FanoutKeys()
         self._fallback = fallback
         self._maxlen = maxlen
         self._ttl_s = ttl_s
         self._script = redis.register_script(_APPEND_AND_PUBLISH)
+
+    @classmethod
+    def from_settings(
+        cls, redis: Redis, settings: CommonSettings, fallback: PostgresEventLog | None = None
+    ) -> FanoutPublisher:
+        """The process's publisher; with `fallback`, it survives a Redis outage."""
+        return cls(
+            redis,
+            maxlen=settings.session_stream_maxlen,
+            ttl_s=settings.session_stream_ttl_s,
+            fallback=fallback,
+            keys=FanoutKeys(settings.kafka_namespace),
+        )
 
     async def publish(
         self,
@@ -94,7 +123,7 @@ class FanoutPublisher:
             },
             separators=(",", ":"),
         )
-        keys = [stream_key(session_id), live_channel(session_id), once_key or ""]
+        keys = [self._keys.stream(session_id), self._keys.live(session_id), once_key or ""]
         try:
             result = await self._script(
                 keys=keys, args=[payload, self._maxlen, self._ttl_s, event_type]

@@ -1,7 +1,15 @@
-"""Tenant configuration from `conf/tenants.yaml`, reloaded when the file changes."""
+"""Tenant configuration from `conf/tenants.yaml`, reloaded when the file changes.
+
+Every limit is per tenant; 0 means unlimited. `tokens_per_day` is the daily token budget
+of each persona of the tenant (a persona without an override under `personas:` gets the
+tenant's value). Budgets are enforced by the policy stage (reserved before the LLM call,
+settled by the persistence stage); RPM/TPM limits by the ingress, across all replicas.
+See docs/security.md for the whole scheme and conf/tenants.yaml for an example.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 from dataclasses import dataclass, field
@@ -9,30 +17,121 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "conf" / "tenants.yaml"
+DEFAULT_PERSONA = "default"
+
+
+class TenantSettings(BaseSettings):
+    """Where the tenant file lives (TENANTS_FILE); tests point it at a file of their own."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    tenants_file: Path = DEFAULT_PATH
 
 
 @dataclass(frozen=True, slots=True)
 class Tenant:
     name: str
     system_prompt: str = "You are a helpful, concise assistant."
+    # When OPA (the policy engine) or Redis (the rate limiter) cannot be reached: admit
+    # (True) or refuse (False, the default). Budget reservations hold either way.
+    fail_open: bool = False
+    tokens_per_day: int = 0
+    persona_tokens_per_day: dict[str, int] = field(default_factory=dict)
+    rpm_per_key: int = 0
+    rpm_per_tenant: int = 0
+    tpm_per_key: int = 0
+    tpm_per_tenant: int = 0
+    models_allow: list[str] = field(default_factory=lambda: ["*"])
+    models_deny: list[str] = field(default_factory=list)
+    tools_allow: list[str] = field(default_factory=list)
+    max_output_tokens: int = 256
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def budget_for(self, persona_id: str | None) -> int:
+        """Daily token budget of the persona (0 = unlimited)."""
+        return self.persona_tokens_per_day.get(persona_id or DEFAULT_PERSONA, self.tokens_per_day)
+
+    def model_allowed(self, model: str) -> bool:
+        if any(fnmatch.fnmatchcase(model, p) for p in self.models_deny):
+            return False
+        return any(fnmatch.fnmatchcase(model, p) for p in self.models_allow)
+
+    def tool_allowed(self, tool: str) -> bool:
+        return any(fnmatch.fnmatchcase(tool, p) for p in self.tools_allow)
+
+    @property
+    def rate_limited(self) -> bool:
+        return any((self.rpm_per_key, self.rpm_per_tenant, self.tpm_per_key, self.tpm_per_tenant))
+
+
+_INT_FIELDS = (
+    "tokens_per_day",
+    "rpm_per_key",
+    "rpm_per_tenant",
+    "tpm_per_key",
+    "tpm_per_tenant",
+    "max_output_tokens",
+)
+_LIST_FIELDS = ("models_allow", "models_deny", "tools_allow")
+
+
+def parse_tenant(name: str, conf: dict[str, Any]) -> Tenant:
+    """One tenant from its YAML mapping; unknown keys are kept in `extra`."""
+    conf = dict(conf)
+    values: dict[str, Any] = {}
+    if "system_prompt" in conf:
+        values["system_prompt"] = str(conf.pop("system_prompt"))
+    if "fail_open" in conf:
+        values["fail_open"] = bool(conf.pop("fail_open"))
+    for key in _INT_FIELDS:
+        if key in conf:
+            value = int(conf.pop(key))
+            if value < 0:
+                raise ValueError(f"tenant {name}: {key} must be >= 0")
+            values[key] = value
+    for key in _LIST_FIELDS:
+        if key in conf:
+            values[key] = [str(p) for p in (conf.pop(key) or [])]
+    personas = conf.pop("personas", None) or {}
+    values["persona_tokens_per_day"] = {
+        str(p): int(pc["tokens_per_day"])
+        for p, pc in personas.items()
+        if isinstance(pc, dict) and "tokens_per_day" in pc
+    }
+    return Tenant(name=name, extra=conf, **values)
 
 
 class TenantDirectory:
     """Looks tenants up; a `stat` per lookup notices edits of the file."""
 
-    def __init__(self, path: Path = DEFAULT_PATH) -> None:
-        self._path = path
+    def __init__(self, path: Path | None = None) -> None:
+        self._path = path or TenantSettings().tenants_file
         self._mtime = -1.0
         self._tenants: dict[str, Tenant] = {}
         self._reload_if_changed()
 
     def get(self, name: str) -> Tenant:
+        """The tenant's configuration; an unknown tenant gets `default`'s limits."""
         self._reload_if_changed()
-        return self._tenants.get(name) or self._tenants.get("default") or Tenant(name)
+        known = self._tenants.get(name)
+        if known is not None:
+            return known
+        fallback = self._tenants.get("default")
+        if fallback is None:
+            return Tenant(name)
+        return parse_tenant(name, _as_conf(fallback))
+
+    def known(self, name: str) -> bool:
+        self._reload_if_changed()
+        return name in self._tenants
+
+    def names(self) -> list[str]:
+        self._reload_if_changed()
+        return sorted(self._tenants)
 
     def _reload_if_changed(self) -> None:
         try:
@@ -41,11 +140,24 @@ class TenantDirectory:
             return
         if mtime == self._mtime:
             return
-        raw = yaml.safe_load(self._path.read_text()) or {}
-        tenants = {}
-        for name, conf in (raw.get("tenants") or {}).items():
-            conf = dict(conf or {})
-            prompt = conf.pop("system_prompt", Tenant.system_prompt)
-            tenants[name] = Tenant(name=name, system_prompt=prompt, extra=conf)
+        try:
+            raw = yaml.safe_load(self._path.read_text()) or {}
+            tenants = {
+                str(name): parse_tenant(str(name), conf or {})
+                for name, conf in (raw.get("tenants") or {}).items()
+            }
+        except (yaml.YAMLError, ValueError, TypeError, AttributeError) as exc:
+            # A half-written or broken edit keeps the last good configuration.
+            log.error("tenants file %s is invalid, keeping the previous one: %s", self._path, exc)
+            self._mtime = mtime
+            return
         self._tenants, self._mtime = tenants, mtime
         log.info("tenants loaded", extra={"fields": {"tenants": sorted(tenants)}})
+
+
+def _as_conf(tenant: Tenant) -> dict[str, Any]:
+    conf: dict[str, Any] = {k: getattr(tenant, k) for k in (*_INT_FIELDS, *_LIST_FIELDS)}
+    conf["system_prompt"] = tenant.system_prompt
+    conf["fail_open"] = tenant.fail_open
+    conf["personas"] = {p: {"tokens_per_day": n} for p, n in tenant.persona_tokens_per_day.items()}
+    return {**tenant.extra, **conf}

@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis.asyncio import Redis
 
+from gateway_runtime.event_log import PostgresEventLog
 from gateway_runtime.fanout import FanoutPublisher
 from gateway_runtime.kafka import make_consumer, make_producer
 from gateway_runtime.logs import configure_logging
 from gateway_runtime.metrics import serve_metrics
-from gateway_runtime.settings import StageSettings
+from gateway_runtime.settings import CommonSettings, StageSettings
 from gateway_runtime.stage import StageHandler, StageLoop
 from schemas.codec import Codec
 from schemas.topics import Topics
@@ -36,10 +37,10 @@ async def redis_client(url: str) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-def fanout_publisher(redis: Redis, settings: StageSettings) -> FanoutPublisher:
-    return FanoutPublisher(
-        redis, maxlen=settings.session_stream_maxlen, ttl_s=settings.session_stream_ttl_s
-    )
+def fanout_publisher(
+    redis: Redis, settings: CommonSettings, fallback: PostgresEventLog | None = None
+) -> FanoutPublisher:
+    return FanoutPublisher.from_settings(redis, settings, fallback)
 
 
 async def serve_stage(

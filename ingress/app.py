@@ -12,7 +12,7 @@ from ingress.body_limit import BodyLimitMiddleware
 from ingress.errors import install_error_handlers
 from ingress.metrics import refresh_deployment_gauges
 from ingress.resources import open_resources
-from ingress.routes import health, model_profiles, route, session, stream
+from ingress.routes import health, keys, model_profiles, route, session, stream
 from ingress.settings import IngressSettings
 
 
@@ -33,6 +33,7 @@ def create_app(settings: IngressSettings | None = None) -> FastAPI:
     app.include_router(stream.router)
     app.include_router(model_profiles.router)
     app.include_router(route.router)
+    app.include_router(keys.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from gateway_runtime.errors import DependencyUnavailable
 from gateway_runtime.event_log import PG_ID_PREFIX, PostgresEventLog
-from gateway_runtime.fanout import stream_key
+from gateway_runtime.fanout import FanoutKeys
 from ingress.hub import RESYNC, FanoutHub, Item
 
 FALLBACK_POLL_S = 0.5
@@ -58,8 +58,11 @@ class _Cursor:
 
 
 class SessionEvents:
-    def __init__(self, redis: Redis, hub: FanoutHub, fallback: PostgresEventLog) -> None:
+    def __init__(
+        self, redis: Redis, hub: FanoutHub, fallback: PostgresEventLog, keys: FanoutKeys
+    ) -> None:
         self._redis = redis
+        self._keys = keys
         self._hub = hub
         self._fallback = fallback
 
@@ -71,7 +74,7 @@ class SessionEvents:
         else:
             low = "-"
         try:
-            entries = await self._redis.xrange(stream_key(session_id), min=low, max="+")
+            entries = await self._redis.xrange(self._keys.stream(session_id), min=low, max="+")
         except RedisError:
             return []  # Redis is down: the fallback log is what there is
         return [(i.decode(), f[b"t"].decode(), f[b"e"].decode()) for i, f in entries]

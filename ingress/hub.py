@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway_runtime.fanout import LIVE_PATTERN, LIVE_PREFIX
+from gateway_runtime.fanout import FanoutKeys
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,9 @@ Item = tuple[str, str, str]
 
 
 class FanoutHub:
-    def __init__(self, redis: Redis, *, queue_size: int) -> None:
+    def __init__(self, redis: Redis, keys: FanoutKeys, *, queue_size: int) -> None:
         self._redis = redis
+        self._keys = keys
         self._queue_size = queue_size
         self._clients: dict[str, set[asyncio.Queue[Item]]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -64,7 +65,7 @@ class FanoutHub:
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.psubscribe(LIVE_PATTERN)
+                await pubsub.psubscribe(self._keys.live_pattern)
                 if not self.connected:
                     self.connected = True
                     self._broadcast(RESYNC)  # anything published while away is in the log
@@ -82,7 +83,7 @@ class FanoutHub:
                     await pubsub.aclose()
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
-        queues = self._clients.get(channel[len(LIVE_PREFIX) :].decode())
+        queues = self._clients.get(channel[len(self._keys.live_prefix) :].decode())
         if not queues:
             return
         head, _, payload = data.decode().partition("\n")

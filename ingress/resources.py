@@ -9,14 +9,15 @@ from dataclasses import dataclass
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaProducer
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from gateway_runtime.deployments import DeploymentHealth
 from gateway_runtime.event_log import PostgresEventLog
-from gateway_runtime.fanout import FanoutPublisher
+from gateway_runtime.fanout import FanoutKeys, FanoutPublisher
 from gateway_runtime.kafka import make_producer
 from gateway_runtime.postgres import create_pool
 from gateway_runtime.profiles import ProfileStore
+from ingress.auth.services import AuthServices, open_auth
 from ingress.events import SessionEvents
 from ingress.hub import FanoutHub
 from ingress.settings import IngressSettings
@@ -38,6 +39,7 @@ class Resources:
     topics: Topics
     profiles: ProfileStore
     deployments: DeploymentHealth
+    auth: AuthServices
 
 
 @contextlib.asynccontextmanager
@@ -46,14 +48,29 @@ async def open_resources(settings: IngressSettings) -> AsyncIterator[Resources]:
         producer = make_producer(settings.kafka_bootstrap_servers, client_id="ingress")
         await producer.start()
         stack.push_async_callback(producer.stop)
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+        # A blocking pool queues a burst beyond its size instead of failing it.
+        redis = Redis(
+            connection_pool=BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=256, timeout=5, socket_connect_timeout=2
+            )
+        )
         stack.push_async_callback(redis.aclose)
         pool = await create_pool(settings.postgres_dsn, min_size=1, max_size=10)
         stack.push_async_callback(pool.close)
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=10.0))
-        hub = FanoutHub(redis, queue_size=settings.sse_client_queue)
+        keys = FanoutKeys(settings.kafka_namespace)
+        hub = FanoutHub(redis, keys, queue_size=settings.sse_client_queue)
         await hub.start()
         stack.push_async_callback(hub.stop)
+        auth = await stack.enter_async_context(
+            open_auth(
+                settings,
+                require_auth=settings.gateway_require_auth,
+                pool=pool,
+                redis=redis,
+                http=http,
+            )
+        )
         yield Resources(
             settings=settings,
             codec=Codec(),
@@ -62,11 +79,10 @@ async def open_resources(settings: IngressSettings) -> AsyncIterator[Resources]:
             pool=pool,
             http=http,
             hub=hub,
-            events=SessionEvents(redis, hub, PostgresEventLog(pool)),
-            fanout=FanoutPublisher(
-                redis, maxlen=settings.session_stream_maxlen, ttl_s=settings.session_stream_ttl_s
-            ),
+            events=SessionEvents(redis, hub, PostgresEventLog(pool), keys),
+            fanout=FanoutPublisher.from_settings(redis, settings),
             topics=Topics.for_namespace(settings.kafka_namespace),
             profiles=ProfileStore(pool),
             deployments=DeploymentHealth(redis),
+            auth=auth,
         )

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from gateway_runtime.settings import CommonSettings
+from ingress.auth.settings import AuthSettings
 
 
-class IngressSettings(CommonSettings):
+class IngressSettings(CommonSettings, AuthSettings):
     service_name: str = "ingress"
     gateway_port: int = 8010
     gateway_host: str = "127.0.0.1"
@@ -12,7 +13,7 @@ class IngressSettings(CommonSettings):
     gateway_require_auth: bool = True
     max_body_bytes: int = 256 * 1024
     sse_keepalive_s: float = 15.0
-    # A client whose queue fills up this far (it reads too slowly) is disconnected; it
-    # resumes from the durable log with Last-Event-ID.
+    # Events queued for one slow client before it is switched to catching up from the
+    # durable log (it loses nothing; the queue's memory stays bounded).
     sse_client_queue: int = 1000
     health_timeout_s: float = 2.0

@@ -8,25 +8,29 @@ import httpx
 
 from gateway_runtime.deployments import DeploymentHealth
 from gateway_runtime.event_log import PostgresEventLog
-from gateway_runtime.fanout import FanoutPublisher
 from gateway_runtime.postgres import create_pool
-from gateway_runtime.worker import redis_client, run_worker, serve_stage
+from gateway_runtime.tenants import TenantDirectory
+from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
 from llm_worker.attempts import TurnAttempts
 from llm_worker.handler import LLMHandler
 from llm_worker.model import ChatModel
+from llm_worker.openai_http import OpenAIHttpModel
 from llm_worker.router import ModelRouter
 from llm_worker.settings import LLMSettings
+from llm_worker.tool_requests import ToolOffer
+from llm_worker.transport import AutoModel
+from schemas.tools import load_definitions
 from schemas.topics import Topics
 
 
 def build_model(settings: LLMSettings, http: httpx.AsyncClient) -> ChatModel:
+    lean = OpenAIHttpModel(http, api_key=settings.llm_api_key)
     if settings.llm_transport == "http":
-        from llm_worker.openai_http import OpenAIHttpModel
-
-        return OpenAIHttpModel(http, api_key=settings.llm_api_key)
+        return lean
     from llm_worker.litellm_model import LiteLLMModel  # imports litellm: this process only
 
-    return LiteLLMModel(api_key=settings.llm_api_key, timeout_s=settings.llm_timeout_s)
+    litellm = LiteLLMModel(api_key=settings.llm_api_key, timeout_s=settings.llm_timeout_s)
+    return litellm if settings.llm_transport == "litellm" else AutoModel(lean, litellm)
 
 
 async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
@@ -37,12 +41,7 @@ async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
         async with httpx.AsyncClient(timeout=timeout, limits=limits) as http, redis_client(
             settings.redis_url
         ) as redis:
-            fanout = FanoutPublisher(
-                redis,
-                maxlen=settings.session_stream_maxlen,
-                ttl_s=settings.session_stream_ttl_s,
-                fallback=PostgresEventLog(pool),
-            )
+            fanout = fanout_publisher(redis, settings, PostgresEventLog(pool))
             health = DeploymentHealth(
                 redis,
                 threshold=settings.breaker_failure_threshold,
@@ -60,6 +59,7 @@ async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
                 router=router,
                 fanout=fanout,
                 attempts=TurnAttempts(redis),
+                tools=ToolOffer(load_definitions(), TenantDirectory(), settings.max_tool_rounds),
             )
             await serve_stage(handler, settings, stop, fanout=fanout)
     finally:

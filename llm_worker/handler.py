@@ -1,4 +1,4 @@
-"""The LLM stage's logic: TurnContextualized in, TurnCompleted out.
+"""The LLM stage's logic: TurnContextualized in, TurnCompleted (or ToolRequested) out.
 
 Deltas go to the client through the fan-out as they arrive. When the model fails, the
 turn ends as `failed` with an actionable error event (what failed, whether a fallback was
@@ -6,6 +6,10 @@ tried, when to retry); a stream cut mid-answer is reported as an error, never as
 finished answer. If a crash made this turn run before, the client is told
 (`turn.retrying`) that earlier partial output is void; the end of a turn (final answer or
 error) is published once per turn whatever happens, and a rerun after it only repeats it.
+
+When the tenant allows tools, the model is offered them (see `tool_requests.py`); an
+answer that ends in tool calls goes to the tool dispatcher as `ToolRequested`, which puts
+the turn back here with the results, one tool round later.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gateway_runtime.errors import InvalidEvent
@@ -22,7 +26,15 @@ from gateway_runtime.stage import Output
 from llm_worker.attempts import TurnAttempts
 from llm_worker.model import ProviderError
 from llm_worker.router import AllDeploymentsFailed, Answering, ModelRouter
-from schemas.events import ErrorInfo, Event, TurnCompleted, TurnContextualized, Usage
+from llm_worker.tool_requests import (
+    ToolOffer,
+    attempt_key,
+    tool_call_data,
+    tool_call_once_key,
+    tool_requested,
+    total_usage,
+)
+from schemas.events import ErrorInfo, Event, ToolCall, TurnCompleted, TurnContextualized, Usage
 from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -46,12 +58,29 @@ def provider_error_info(exc: ProviderError, tried_fallback: bool) -> ErrorInfo:
     )
 
 
+@dataclass(slots=True)
+class _Answer:
+    """What the model has said so far; kept when it fails, for the usage and the model."""
+
+    model: str
+    fallback: bool = False
+    parts: list[str] = field(default_factory=list)
+    usage: Usage | None = None
+    calls: tuple[ToolCall, ...] = ()
+    finish: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
 @dataclass
 class LLMHandler:
     topics: Topics
     router: ModelRouter
     fanout: FanoutPublisher
     attempts: TurnAttempts
+    tools: ToolOffer | None = None
     stage: str = "llm"
 
     @property
@@ -62,45 +91,76 @@ class LLMHandler:
         if not isinstance(event, TurnContextualized):
             raise InvalidEvent(f"llm stage expects TurnContextualized, got {type(event).__name__}")
         sid, tid = event.request.session_id, event.request.event_id
-        if await self.attempts.begin(tid) > 1:
-            ended = await self.fanout.recorded(_once(tid))
-            if ended is not None:  # the client already has the end: repeat it, not the call
-                return [self._replay(event, ended)]
+        if await self.attempts.begin(attempt_key(event)) > 1:
+            replayed = await self._replay_ended(event)
+            if replayed is not None:  # the client already has the outcome: repeat it, not the call
+                return [replayed]
             await self.fanout.publish(
                 sid, tid, "turn.retrying",
                 {"reason": "an earlier attempt was interrupted; discard its partial output"},
             )
-        parts: list[str] = []
-        usage: Usage | None = None
-        answering = event.profile
-        fallback = False
+        tools = self.tools.for_turn(event) if self.tools else []
+        answer = _Answer(model=event.profile.model)
         try:
-            async for item in self.router.stream([event.profile, *event.fallbacks], event.messages):
-                if isinstance(item, Answering):
-                    answering, fallback = item.profile, item.fallback
-                    continue
-                if item.text:
-                    parts.append(item.text)
-                    await self.fanout.publish(
-                        sid, tid, "assistant.delta", {"seq": len(parts), "text": item.text}
-                    )
-                usage = item.usage or usage
+            await self._stream(event, tools, answer)
         except ProviderError as exc:
             log.warning("model failed: %s", exc)
             error = provider_error_info(exc, tried_fallback=bool(event.fallbacks))
             await self.fanout.publish(sid, tid, "error", asdict(error), once_key=_once(tid))
-            return [self._completed(event, "failed", "", usage, error, answering.model)]
-        answer = "".join(parts)
-        usage = usage or _estimate_usage(event, answer)
+            usage = total_usage(event.prior_usage, answer.usage)
+            return [self._completed(event, "failed", "", usage, error, answer.model)]
+        usage = total_usage(event.prior_usage, answer.usage or _estimate_usage(event, answer.text))
+        if tools and answer.calls and answer.finish == "tool_calls":
+            return [await self._request_tools(event, answer, usage)]
         await self.fanout.publish(
             sid,
             tid,
             "assistant.final",
-            {"text": answer, "model": answering.model, "fallback": fallback,
+            {"text": answer.text, "model": answer.model, "fallback": answer.fallback,
              "usage": asdict(usage)},
             once_key=_once(tid),
         )
-        return [self._completed(event, "completed", answer, usage, None, answering.model)]
+        return [self._completed(event, "completed", answer.text, usage, None, answer.model)]
+
+    async def _stream(
+        self, event: TurnContextualized, tools: list[dict[str, Any]], answer: _Answer
+    ) -> None:
+        sid, tid = event.request.session_id, event.request.event_id
+        profiles = [event.profile, *event.fallbacks]
+        async for item in self.router.stream(profiles, event.messages, tools):
+            if isinstance(item, Answering):
+                answer.model, answer.fallback = item.profile.model, item.fallback
+                continue
+            if item.text:
+                answer.parts.append(item.text)
+                await self.fanout.publish(
+                    sid, tid, "assistant.delta", {"seq": len(answer.parts), "text": item.text}
+                )
+            answer.usage = item.usage or answer.usage
+            answer.calls = item.tool_calls or answer.calls
+            answer.finish = item.finish_reason or answer.finish
+
+    async def _request_tools(
+        self, event: TurnContextualized, answer: _Answer, usage: Usage
+    ) -> Output:
+        sid, tid = event.request.session_id, event.request.event_id
+        data = tool_call_data(event, answer.calls, answer.text, answer.model, usage)
+        once = tool_call_once_key(event)
+        if await self.fanout.publish(sid, tid, "tool.call", data, once_key=once) is None:
+            # An earlier run of this round published its calls: the client saw those.
+            data = (await self.fanout.recorded(once) or {}).get("data", data)
+        return Output(self.topics.tool_requested.name, tool_requested(event, data))
+
+    async def _replay_ended(self, event: TurnContextualized) -> Output | None:
+        ended = await self.fanout.recorded(_once(event.request.event_id))
+        if ended is not None:
+            return self._replay(event, ended)
+        requested = await self.fanout.recorded(tool_call_once_key(event))
+        if requested is not None:
+            return Output(
+                self.topics.tool_requested.name, tool_requested(event, requested["data"])
+            )
+        return None
 
     def _replay(self, event: TurnContextualized, ended: dict[str, Any]) -> Output:
         data = ended["data"]

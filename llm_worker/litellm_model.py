@@ -5,12 +5,14 @@ LiteLLM is imported here only, in the LLM stage's process (it costs seconds and 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from llm_worker.model import Chunk, ProviderError
+from llm_worker.model import Chunk, ProviderError, ToolSpecs
+from llm_worker.wire import ToolCallAccumulator, wire_messages
 from schemas.events import ChatMessage, ModelProfile, Usage
 
 # No internet here: LiteLLM must not fetch its model cost map at import.
@@ -20,6 +22,7 @@ os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 import litellm
 
 litellm.telemetry = False
+litellm.suppress_debug_info = True  # no "Give Feedback" banners on stdout
 
 
 class LiteLLMModel:
@@ -30,16 +33,21 @@ class LiteLLMModel:
         self._timeout_s = timeout_s
 
     async def stream(
-        self, profile: ModelProfile, messages: list[ChatMessage]
+        self, profile: ModelProfile, messages: list[ChatMessage], tools: ToolSpecs = ()
     ) -> AsyncIterator[Chunk]:
         kwargs: dict[str, Any] = json.loads(profile.kwargs_json or "{}")
+        if tools:
+            # A copy: LiteLLM rewrites tool schemas in place for some providers, and the
+            # offer is shared by every turn.
+            kwargs["tools"] = copy.deepcopy(list(tools))
+        calls = ToolCallAccumulator()
         finished = received = False
         try:
             response = await litellm.acompletion(
                 model=profile.model,
                 api_base=profile.base_url,
                 api_key=self._api_key,
-                messages=[{"role": m.role, "content": m.content} for m in messages],
+                messages=wire_messages(messages),
                 temperature=profile.temperature,
                 max_tokens=profile.max_tokens,
                 stream=True,
@@ -52,6 +60,9 @@ class LiteLLMModel:
                 text, finish = "", None
                 for choice in part.choices or ():
                     text += getattr(choice.delta, "content", None) or ""
+                    deltas = getattr(choice.delta, "tool_calls", None) or ()
+                    for position, call in enumerate(deltas):
+                        _add_call(calls, position, call)
                     finish = choice.finish_reason or finish
                 usage = getattr(part, "usage", None)
                 finished = finished or bool(finish)
@@ -63,14 +74,34 @@ class LiteLLMModel:
                     if usage
                     else None,
                 )
-        except litellm.exceptions.APIError as exc:
-            status = getattr(exc, "status_code", None)
-            raise ProviderError(
-                f"{profile.model}: {exc.message}", status=status, mid_stream=received
-            ) from exc
         except Exception as exc:  # LiteLLM raises many unrelated types; translate them all
-            raise ProviderError(f"{profile.model}: {exc!r}", mid_stream=received) from exc
+            # Its provider errors (RateLimitError, InternalServerError, ...) carry the
+            # upstream's HTTP status; the router's retry policy depends on it.
+            status = getattr(exc, "status_code", None)
+            message = getattr(exc, "message", None) or repr(exc)
+            raise ProviderError(
+                f"{profile.model}: {message}",
+                status=status if isinstance(status, int) else None,
+                mid_stream=received,
+            ) from exc
         if not finished:
             raise ProviderError(
                 f"{profile.model}: stream ended without a finish reason", mid_stream=True
             )
+        if whole := calls.calls():
+            yield Chunk(tool_calls=whole)
+
+
+def _add_call(calls: ToolCallAccumulator, position: int, call: Any) -> None:
+    """One streamed tool-call delta; LiteLLM gives objects (sometimes dicts) for them."""
+    if isinstance(call, dict):
+        calls.add_openai([{"index": position, **call}])
+        return
+    function = getattr(call, "function", None)
+    index = getattr(call, "index", None)
+    calls.add(
+        position if index is None else int(index),
+        getattr(call, "id", None),
+        getattr(function, "name", None),
+        getattr(function, "arguments", None),
+    )

@@ -6,12 +6,15 @@ Two adapters implement it: `litellm_model.LiteLLMModel` (any provider LiteLLM kn
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway_runtime.errors import GatewayError
-from schemas.events import ChatMessage, ModelProfile, Usage
+from schemas.events import ChatMessage, ModelProfile, ToolCall, Usage
+
+# Tool definitions in the OpenAI `tools` format (see schemas/tools).
+ToolSpecs = Sequence[dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +22,8 @@ class Chunk:
     text: str = ""
     usage: Usage | None = None
     finish_reason: str | None = None
+    # Whole tool calls, on the answer's last chunk only (adapters join the streamed pieces).
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class ProviderError(GatewayError):
@@ -31,6 +36,11 @@ class ProviderError(GatewayError):
 
 
 class ChatModel(Protocol):
-    def stream(self, profile: ModelProfile, messages: list[ChatMessage]) -> AsyncIterator[Chunk]:
-        """Yield the answer's chunks as the provider sends them; raise ProviderError."""
+    def stream(
+        self, profile: ModelProfile, messages: list[ChatMessage], tools: ToolSpecs = ()
+    ) -> AsyncIterator[Chunk]:
+        """Yield the answer's chunks as the provider sends them; raise ProviderError.
+
+        With `tools`, the model may answer with tool calls (finish reason `tool_calls`).
+        """
         ...

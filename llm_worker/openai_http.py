@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from llm_worker.model import Chunk, ProviderError
+from llm_worker.model import Chunk, ProviderError, ToolSpecs
+from llm_worker.wire import ToolCallAccumulator, wire_messages
 from schemas.events import ChatMessage, ModelProfile, Usage
 
 
@@ -22,20 +23,23 @@ class OpenAIHttpModel:
         self._api_key = api_key
 
     async def stream(
-        self, profile: ModelProfile, messages: list[ChatMessage]
+        self, profile: ModelProfile, messages: list[ChatMessage], tools: ToolSpecs = ()
     ) -> AsyncIterator[Chunk]:
         if not profile.base_url:
             raise ProviderError(f"profile {profile.role}/{profile.deployment_mode} has no base_url")
         url = profile.base_url.rstrip("/") + (profile.api_path or "/chat/completions")
         body: dict[str, Any] = {
             "model": profile.model.split("/", 1)[-1],
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": wire_messages(messages),
             "stream": True,
             "stream_options": {"include_usage": True},
             "temperature": profile.temperature,
             "max_tokens": profile.max_tokens,
             **json.loads(profile.kwargs_json or "{}"),
         }
+        if tools:
+            body["tools"] = list(tools)
+        calls = ToolCallAccumulator()
         headers = {"Authorization": f"Bearer {self._api_key}"}
         finished = received = False
         try:
@@ -53,7 +57,7 @@ class OpenAIHttpModel:
                     if data == "[DONE]":
                         finished = True
                         break
-                    chunk = _parse(data)
+                    chunk = _parse(data, calls)
                     if chunk.finish_reason:
                         finished = True
                     received = received or bool(chunk.text)
@@ -62,9 +66,11 @@ class OpenAIHttpModel:
             raise ProviderError(f"{url}: {exc!r}", mid_stream=received) from exc
         if not finished:
             raise ProviderError(f"{url}: stream ended without a finish reason", mid_stream=True)
+        if whole := calls.calls():
+            yield Chunk(tool_calls=whole)
 
 
-def _parse(data: str) -> Chunk:
+def _parse(data: str, calls: ToolCallAccumulator) -> Chunk:
     try:
         payload = json.loads(data)
     except json.JSONDecodeError as exc:
@@ -72,7 +78,10 @@ def _parse(data: str) -> Chunk:
     usage = payload.get("usage")
     text, finish = "", None
     for choice in payload.get("choices") or ():
-        text += (choice.get("delta") or {}).get("content") or ""
+        delta = choice.get("delta") or {}
+        text += delta.get("content") or ""
+        if delta.get("tool_calls"):
+            calls.add_openai(delta["tool_calls"])
         finish = choice.get("finish_reason") or finish
     return Chunk(
         text=text,

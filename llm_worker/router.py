@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from gateway_runtime.deployments import DeploymentHealth, deployment_name
 from gateway_runtime.errors import DependencyUnavailable
 from llm_worker.metrics import BREAKER_TRANSITIONS, FALLBACKS, PROVIDER_FAILURES
-from llm_worker.model import ChatModel, Chunk, ProviderError
+from llm_worker.model import ChatModel, Chunk, ProviderError, ToolSpecs
 from schemas.events import ChatMessage, ModelProfile
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class ModelRouter:
         self._backoff_s = backoff_s
 
     async def stream(
-        self, profiles: list[ModelProfile], messages: list[ChatMessage]
+        self, profiles: list[ModelProfile], messages: list[ChatMessage], tools: ToolSpecs = ()
     ) -> AsyncIterator[Answering | Chunk]:
         attempts: list[str] = []
         last: ProviderError | None = None
@@ -69,8 +69,8 @@ class ModelRouter:
                 started = time.perf_counter()
                 answered = False
                 try:
-                    async for chunk in self._model.stream(profile, messages):
-                        if not answered and chunk.text:
+                    async for chunk in self._model.stream(profile, messages, tools):
+                        if not answered and (chunk.text or chunk.tool_calls):
                             answered = True
                             if index:
                                 FALLBACKS.labels(profile.model).inc()

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
+
+from gateway_runtime.budget import RedisBudgetLedger
+from gateway_runtime.memory import open_memory
 from gateway_runtime.postgres import create_pool
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
 from persistence_worker.handler import PersistenceHandler
@@ -15,10 +19,15 @@ from schemas.topics import Topics
 async def main(settings: PersistenceSettings, stop: asyncio.Event) -> None:
     pool = await create_pool(settings.postgres_dsn, max_size=settings.max_in_flight // 4 + 2)
     try:
-        async with redis_client(settings.redis_url) as redis:
+        async with (
+            httpx.AsyncClient(timeout=5.0) as http,
+            redis_client(settings.redis_url) as redis,
+        ):
             handler = PersistenceHandler(
                 topics=Topics.for_namespace(settings.kafka_namespace),
                 store=PostgresTurnStore(pool),
+                budgets=RedisBudgetLedger(redis),
+                memory=open_memory(settings.somabrain_url, pool, http),
             )
             await serve_stage(handler, settings, stop, fanout=fanout_publisher(redis, settings))
     finally:

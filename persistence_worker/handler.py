@@ -1,4 +1,11 @@
-"""The persistence stage's logic: TurnCompleted in, rows out, no further events."""
+"""The persistence stage's logic: TurnCompleted in, rows, a budget settlement and a memory out.
+
+Every side effect is idempotent per turn (event_id): the rows are written once, the
+turn's token reservation is settled to its actual usage once (a failed turn settles what
+it used, usually nothing, which releases the reservation), and a completed exchange is
+remembered once. The later effects run even when the rows were stored before, so a crash
+between them is repaired by the redelivery.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway_runtime.errors import InvalidEvent
+from gateway_runtime.memory import Memory, exchange_memory
 from gateway_runtime.stage import Output
+from gateway_runtime.tenants import DEFAULT_PERSONA
 from schemas.events import Event, TurnCompleted
 from schemas.topics import Topics
 
@@ -19,10 +28,23 @@ class TurnStore(Protocol):
     async def save(self, turn: TurnCompleted) -> bool: ...
 
 
+def memory_of(turn: TurnCompleted) -> str | None:
+    """What to remember of a turn: the exchange of a completed chat message."""
+    if turn.status != "completed" or turn.request.action is not None:
+        return None
+    return exchange_memory(turn.request.message, turn.answer)
+
+
+class BudgetSettlement(Protocol):
+    async def settle(self, turn_id: str, tenant: str, persona: str, actual_tokens: int) -> bool: ...
+
+
 @dataclass
 class PersistenceHandler:
     topics: Topics
     store: TurnStore
+    budgets: BudgetSettlement
+    memory: Memory
     stage: str = "persistence"
 
     @property
@@ -34,4 +56,15 @@ class PersistenceHandler:
             raise InvalidEvent(f"persistence expects TurnCompleted, got {type(event).__name__}")
         if not await self.store.save(event):
             log.info("turn already stored; redelivery ignored")
+        request = event.request
+        await self.budgets.settle(
+            request.event_id,
+            request.tenant,
+            request.persona_id or DEFAULT_PERSONA,
+            event.usage.prompt_tokens + event.usage.completion_tokens,
+        )
+        if (content := memory_of(event)) is not None:
+            await self.memory.remember(
+                request.tenant, event.principal, request.session_id, request.event_id, content
+            )
         return []

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
+
+from gateway_runtime.authz import FgaAuthorizer
+from gateway_runtime.budget import RedisBudgetLedger
+from gateway_runtime.opa import OpaClient
+from gateway_runtime.tenants import TenantDirectory
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
 from policy_worker.handler import PolicyHandler
 from policy_worker.settings import PolicySettings
@@ -11,14 +17,26 @@ from schemas.topics import Topics
 
 
 async def main(settings: PolicySettings, stop: asyncio.Event) -> None:
-    async with redis_client(settings.redis_url) as redis:
-        fanout = fanout_publisher(redis, settings)
-        handler = PolicyHandler(
-            topics=Topics.for_namespace(settings.kafka_namespace),
-            fanout=fanout,
-            require_auth=settings.gateway_require_auth,
-        )
-        await serve_stage(handler, settings, stop, fanout=fanout)
+    limits = httpx.Limits(max_connections=settings.max_in_flight, max_keepalive_connections=32)
+    authorizer = FgaAuthorizer(settings)
+    try:
+        async with (
+            redis_client(settings.redis_url) as redis,
+            httpx.AsyncClient(limits=limits) as http,
+        ):
+            fanout = fanout_publisher(redis, settings)
+            handler = PolicyHandler(
+                topics=Topics.for_namespace(settings.kafka_namespace),
+                fanout=fanout,
+                require_auth=settings.gateway_require_auth,
+                authorizer=authorizer,
+                engine=OpaClient(http, settings),
+                budgets=RedisBudgetLedger(redis),
+                tenants=TenantDirectory(),
+            )
+            await serve_stage(handler, settings, stop, fanout=fanout)
+    finally:
+        await authorizer.close()
 
 
 if __name__ == "__main__":

@@ -59,18 +59,20 @@ def load_schemas(directory: Path = AVRO_DIR) -> dict[tuple[str, int], Any]:
         fastavro.parse_schema(json.loads(path.read_text()), named_schemas=shared)
 
     pending = []
+    newest: dict[str, int] = {}
     for path in sorted(directory.glob("*.avsc")):
         match = _FILE_RE.match(path.name)
         if match:
-            pending.append((json.loads(path.read_text()), int(match["version"])))
-    # Newest versions first so that the named types composite schemas see are the newest.
-    pending.sort(key=lambda item: -item[1])
+            raw, version = json.loads(path.read_text()), int(match["version"])
+            pending.append((raw, version))
+            full_name = _full_name(raw)
+            newest[full_name] = max(version, newest.get(full_name, 0))
 
     parsed: dict[tuple[str, int], Any] = {}
     while pending:
         progress = False
         for raw, version in list(pending):
-            full_name = f"{raw.get('namespace', '')}.{raw['name']}".lstrip(".")
+            full_name = _full_name(raw)
             named = {k: v for k, v in shared.items() if k != full_name}
             try:
                 parsed[(full_name, version)] = fastavro.parse_schema(raw, named_schemas=named)
@@ -78,12 +80,18 @@ def load_schemas(directory: Path = AVRO_DIR) -> dict[tuple[str, int], Any]:
                 continue
             pending.remove((raw, version))
             progress = True
-            if full_name not in shared:
+            # Only the newest version is what other records embed: an older one that
+            # happens to resolve first must not stand in for it.
+            if version == newest[full_name]:
                 shared[full_name] = named[full_name]
         if not progress:
             names = [raw["name"] for raw, _ in pending]
             raise RuntimeError(f"unresolvable schema references in {names}")
     return parsed
+
+
+def _full_name(raw: dict[str, Any]) -> str:
+    return f"{raw.get('namespace', '')}.{raw['name']}".lstrip(".")
 
 
 class Codec:

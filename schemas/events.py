@@ -13,8 +13,19 @@ from typing import Any, ClassVar
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
+    """Avro `ChatMessageV2` (TurnContextualized v3); `ChatMessage` data reads into it."""
+
     role: str
     content: str
+    tool_call_id: str | None = None
+    tool_calls_json: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +94,7 @@ class TurnAuthorized:
 @dataclass(frozen=True, slots=True)
 class TurnContextualized:
     SCHEMA: ClassVar[str] = "soma.events.TurnContextualized"
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
 
     request: TurnRequested
     principal: str
@@ -92,6 +103,8 @@ class TurnContextualized:
     reserved_tokens: int = 0
     fallbacks: list[ModelProfile] = field(default_factory=list)
     memories: list[str] = field(default_factory=list)
+    tool_rounds: int = 0
+    prior_usage: Usage | None = None
 
     @classmethod
     def from_avro(cls, d: dict[str, Any]) -> TurnContextualized:
@@ -103,6 +116,37 @@ class TurnContextualized:
             reserved_tokens=d["reserved_tokens"],
             fallbacks=[ModelProfile(**p) for p in d["fallbacks"]],
             memories=d["memories"],
+            tool_rounds=d["tool_rounds"],
+            prior_usage=Usage(**d["prior_usage"]) if d["prior_usage"] else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRequested:
+    SCHEMA: ClassVar[str] = "soma.events.ToolRequested"
+    VERSION: ClassVar[int] = 1
+
+    turn: TurnContextualized
+    calls: list[ToolCall]
+    usage: Usage
+    requested_at_ms: int
+    text: str = ""
+    model: str = ""
+
+    @property
+    def request(self) -> TurnRequested:
+        """The turn's request: what the codec keys and labels the record by."""
+        return self.turn.request
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> ToolRequested:
+        return cls(
+            turn=TurnContextualized.from_avro(d["turn"]),
+            calls=[ToolCall(**c) for c in d["calls"]],
+            usage=Usage(**d["usage"]),
+            requested_at_ms=d["requested_at_ms"],
+            text=d["text"],
+            model=d["model"],
         )
 
 
@@ -133,10 +177,11 @@ class TurnCompleted:
         )
 
 
-Event = TurnRequested | TurnAuthorized | TurnContextualized | TurnCompleted
+Event = TurnRequested | TurnAuthorized | TurnContextualized | TurnCompleted | ToolRequested
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.SCHEMA: cls for cls in (TurnRequested, TurnAuthorized, TurnContextualized, TurnCompleted)
+    cls.SCHEMA: cls
+    for cls in (TurnRequested, TurnAuthorized, TurnContextualized, TurnCompleted, ToolRequested)
 }
 
 

@@ -22,6 +22,7 @@ class Topics:
     authorized: Topic
     contextualized: Topic
     completed: Topic
+    tool_requested: Topic
     dead_letter: Topic
 
     @classmethod
@@ -37,6 +38,11 @@ class Topics:
                 f"{namespace}.turn.contextualized", 12, "TurnContextualized, context -> llm"
             ),
             completed=Topic(f"{namespace}.turn.completed", 12, "TurnCompleted, llm -> persistence"),
+            tool_requested=Topic(
+                f"{namespace}.tool.requested",
+                12,
+                "ToolRequested, llm -> tool_dispatcher (which answers on contextualized)",
+            ),
             dead_letter=Topic(
                 f"{namespace}.deadletter", 4, "events a stage gave up on, with provenance headers"
             ),

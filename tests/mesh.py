@@ -21,7 +21,13 @@ import httpx
 from gateway_runtime.settings import CommonSettings
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKERS = ("policy_worker", "context_worker", "llm_worker", "persistence_worker")
+WORKERS = (
+    "policy_worker",
+    "context_worker",
+    "llm_worker",
+    "tool_dispatcher",
+    "persistence_worker",
+)
 
 
 def free_port() -> int:

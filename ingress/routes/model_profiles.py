@@ -1,6 +1,8 @@
 """Model profiles: which model serves a role in a deployment mode, and its fallbacks.
 
 Stored in Postgres; the context stage re-reads them within seconds, with no restart.
+Profiles serve every tenant, so changing them needs the `operator` scope; reading them
+needs `turns`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Path, Response
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from gateway_runtime.profiles import StoredProfile
-from ingress.deps import PrincipalDep, ResourcesDep
+from ingress.deps import OperatorPrincipal, ResourcesDep, TurnsPrincipal
 
 router = APIRouter(prefix="/v1/model-profiles", tags=["model-profiles"])
 
@@ -87,13 +89,15 @@ def _out(p: StoredProfile) -> ProfileOut:
 
 @router.get("", response_model=list[ProfileOut])
 async def list_profiles(
-    res: ResourcesDep, principal: PrincipalDep, deployment_mode: str | None = None
+    res: ResourcesDep, principal: TurnsPrincipal, deployment_mode: str | None = None
 ) -> list[ProfileOut]:
     return [_out(p) for p in await res.profiles.list(deployment_mode)]
 
 
 @router.post("", status_code=201, response_model=ProfileOut)
-async def create_profile(body: ProfileIn, res: ResourcesDep, principal: PrincipalDep) -> ProfileOut:
+async def create_profile(
+    body: ProfileIn, res: ResourcesDep, principal: OperatorPrincipal
+) -> ProfileOut:
     profile = _stored(body.role, body.deployment_mode, body)
     if not await res.profiles.put(profile, create_only=True):
         raise HTTPException(
@@ -108,7 +112,7 @@ async def create_profile(body: ProfileIn, res: ResourcesDep, principal: Principa
 
 @router.get("/{role}/{deployment_mode}", response_model=ProfileOut)
 async def get_profile(
-    role: Name, deployment_mode: Name, res: ResourcesDep, principal: PrincipalDep
+    role: Name, deployment_mode: Name, res: ResourcesDep, principal: TurnsPrincipal
 ) -> ProfileOut:
     profile = await res.profiles.get(role, deployment_mode)
     if profile is None:
@@ -120,7 +124,11 @@ async def get_profile(
 
 @router.put("/{role}/{deployment_mode}", response_model=ProfileOut)
 async def put_profile(
-    role: Name, deployment_mode: Name, body: ProfileBody, res: ResourcesDep, principal: PrincipalDep
+    role: Name,
+    deployment_mode: Name,
+    body: ProfileBody,
+    res: ResourcesDep,
+    principal: OperatorPrincipal,
 ) -> ProfileOut:
     profile = _stored(role, deployment_mode, body)
     await res.profiles.put(profile)
@@ -129,7 +137,7 @@ async def put_profile(
 
 @router.delete("/{role}/{deployment_mode}", status_code=204)
 async def delete_profile(
-    role: Name, deployment_mode: Name, res: ResourcesDep, principal: PrincipalDep
+    role: Name, deployment_mode: Name, res: ResourcesDep, principal: OperatorPrincipal
 ) -> Response:
     if not await res.profiles.delete(role, deployment_mode):
         raise HTTPException(

@@ -8,7 +8,6 @@ profile), and the tenant's model allow/deny lists (excluded when denied).
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 
 from fastapi import APIRouter, HTTPException
@@ -16,11 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway_runtime.deployments import DeploymentState, deployment_name
 from gateway_runtime.profiles import StoredProfile
-from gateway_runtime.tenants import Tenant, TenantDirectory
-from ingress.deps import PrincipalDep, ResourcesDep
+from gateway_runtime.tenants import Tenant
+from ingress.auth.errors import forbidden
+from ingress.deps import ResourcesDep, TurnsPrincipal
 
 router = APIRouter(tags=["routing"])
-_tenants = TenantDirectory()
 
 WEIGHTS = {"errors": 0.4, "latency": 0.35, "cost": 0.25}
 NEUTRAL = 0.5  # the score of a signal with no data yet
@@ -64,13 +63,7 @@ class _Resolved:
 
 
 def _allowed(tenant: Tenant, model: str) -> str | None:
-    allow = getattr(tenant, "models_allow", ["*"]) or ["*"]
-    deny = getattr(tenant, "models_deny", []) or []
-    if any(fnmatch.fnmatch(model, pattern) for pattern in deny):
-        return f"model denied for tenant {tenant.name}"
-    if not any(fnmatch.fnmatch(model, pattern) for pattern in allow):
-        return f"model not allowed for tenant {tenant.name}"
-    return None
+    return None if tenant.model_allowed(model) else f"model not allowed for tenant {tenant.name}"
 
 
 def score(state: DeploymentState | None, cost: float | None) -> float:
@@ -93,8 +86,10 @@ def _resolve(candidate: str, profiles: list[StoredProfile]) -> _Resolved:
 
 
 @router.post("/v1/route", response_model=RouteOut)
-async def route(body: RouteIn, res: ResourcesDep, principal: PrincipalDep) -> RouteOut:
-    tenant = _tenants.get(body.tenant or principal.tenant)
+async def route(body: RouteIn, res: ResourcesDep, principal: TurnsPrincipal) -> RouteOut:
+    if body.tenant not in (None, principal.tenant) and not principal.has("operator"):
+        raise forbidden("insufficient_scope", "routing for another tenant needs the operator scope")
+    tenant = res.auth.tenants.get(body.tenant or principal.tenant)
     profiles = await res.profiles.list()
     scored = []
     for candidate in body.candidates:

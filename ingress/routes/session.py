@@ -9,7 +9,8 @@ from fastapi import APIRouter, Header, HTTPException, Path
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingress.deps import Principal, PrincipalDep, ResourcesDep
+from ingress.auth.admission import Admission
+from ingress.deps import AdmissionDep, ResourcesDep, SessionReadAccess
 from ingress.events import valid_event_id
 from ingress.resources import Resources
 from ingress.turns import request_turn
@@ -53,15 +54,17 @@ class TurnAccepted(BaseModel):
 
 async def _request_turn(
     res: Resources,
-    principal: Principal,
+    admission: Admission,
     body: MessageIn | ActionIn,
     message: str,
     action: str | None,
 ) -> TurnAccepted:
+    # Rate limits and the session claim first: a refused turn is never published.
+    session_id = await admission.admit(body.session_id, body.persona_id, message)
     event = await request_turn(
         res,
-        principal,
-        session_id=body.session_id,
+        admission.principal,
+        session_id=session_id,
         message=message,
         action=action,
         persona_id=body.persona_id,
@@ -71,14 +74,23 @@ async def _request_turn(
     return TurnAccepted(session_id=event.session_id, event_id=event.event_id)
 
 
-@router.post("/message", status_code=202, response_model=TurnAccepted)
-async def post_message(body: MessageIn, res: ResourcesDep, principal: PrincipalDep) -> TurnAccepted:
+DENIALS: dict[int | str, dict[str, str]] = {
+    401: {"description": "missing, bad or revoked credentials (WWW-Authenticate)"},
+    403: {"description": "the credentials lack the `turns` scope"},
+    404: {"description": "the session belongs to another tenant"},
+    429: {"description": "a rate limit (RPM/TPM per key or tenant); see Retry-After"},
+    503: {"description": "authorization or rate limiting cannot be decided now"},
+}
+
+
+@router.post("/message", status_code=202, response_model=TurnAccepted, responses=DENIALS)
+async def post_message(body: MessageIn, res: ResourcesDep, admission: AdmissionDep) -> TurnAccepted:
     """Start a turn; follow it on the session's event stream."""
-    return await _request_turn(res, principal, body, body.message, None)
+    return await _request_turn(res, admission, body, body.message, None)
 
 
-@router.post("/action", status_code=202, response_model=TurnAccepted)
-async def post_action(body: ActionIn, res: ResourcesDep, principal: PrincipalDep) -> TurnAccepted:
+@router.post("/action", status_code=202, response_model=TurnAccepted, responses=DENIALS)
+async def post_action(body: ActionIn, res: ResourcesDep, admission: AdmissionDep) -> TurnAccepted:
     """Run a session action (summarize, next_steps, status_report) as a turn."""
     if body.action not in ACTIONS:
         raise HTTPException(
@@ -88,14 +100,14 @@ async def post_action(body: ActionIn, res: ResourcesDep, principal: PrincipalDep
                 "message": f"unknown action {body.action!r}; one of {', '.join(ACTIONS)}",
             },
         )
-    return await _request_turn(res, principal, body, "", body.action)
+    return await _request_turn(res, admission, body, "", body.action)
 
 
-@router.get("/{session_id}/events", response_class=StreamingResponse)
+@router.get("/{session_id}/events", response_class=StreamingResponse, responses=DENIALS)
 async def session_events(
     session_id: SessionIdPath,
     res: ResourcesDep,
-    principal: PrincipalDep,
+    principal: SessionReadAccess,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """Server-sent events of the session: every retained event, or those after Last-Event-ID."""

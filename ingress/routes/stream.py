@@ -18,7 +18,9 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from gateway_runtime.errors import DependencyUnavailable
-from ingress.deps import Principal, PrincipalDep, ResourcesDep
+from ingress.auth.admission import Admission
+from ingress.auth.errors import Denied
+from ingress.deps import Principal, ResourcesDep, SessionReadAccess
 from ingress.events import valid_event_id
 from ingress.resources import Resources
 from ingress.routes.session import ACTIONS, SESSION_ID, ActionIn, MessageIn, SessionIdPath
@@ -56,6 +58,10 @@ async def _start_turn(
         )
         return
     try:
+        # The same gate as POST /v1/session/message: rate limits, then the session claim.
+        await Admission(principal, res.auth).admit(
+            session_id, body.persona_id, getattr(body, "message", "")
+        )
         event = await request_turn(
             res,
             principal,
@@ -66,6 +72,9 @@ async def _start_turn(
             attachments=getattr(body, "attachments", None),
             metadata=body.metadata,
         )
+    except Denied as exc:
+        await ws.send_json({"type": "error", "data": exc.detail})
+        return
     except DependencyUnavailable as exc:
         await ws.send_json(
             {
@@ -84,7 +93,7 @@ async def session_stream(
     ws: WebSocket,
     session_id: SessionIdPath,
     res: ResourcesDep,
-    principal: PrincipalDep,
+    principal: SessionReadAccess,
     last_event_id: Annotated[str | None, Query(max_length=40)] = None,
 ) -> None:
     if last_event_id is not None and not valid_event_id(last_event_id):

@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from gateway_runtime.settings import CommonSettings
-from tests.e2e.test_turn import ends_turn, wait_stored
 from tests.mesh import Mesh
 from tests.sse import SseEvent, read_events
+from tests.turns import ends_turn, wait_stored
 
 
 @pytest.fixture

@@ -11,38 +11,8 @@ import pytest
 from aiokafka.partitioner import murmur2
 
 from gateway_runtime.settings import CommonSettings
-from tests.e2e.test_turn import ends_turn, wait_stored
 from tests.mesh import Mesh
-from tests.sse import SseEvent, read_events
-
-
-async def profile(
-    client: httpx.AsyncClient,
-    mesh: Mesh,
-    role: str,
-    model: str,
-    fake_llm: str,
-    fallbacks: list[str] | None = None,
-) -> None:
-    r = await client.put(
-        f"/v1/model-profiles/{role}/{mesh.env['DEPLOYMENT_MODE']}",
-        json={"model": model, "base_url": fake_llm + "/v1", "fallbacks": fallbacks or []},
-    )
-    assert r.status_code == 200, r.text
-
-
-async def turn(
-    client: httpx.AsyncClient, role: str, session_id: str | None = None
-) -> list[SseEvent]:
-    session_id = session_id or f"s-{uuid.uuid4().hex}"
-    r = await client.post(
-        "/v1/session/message",
-        json={"session_id": session_id, "message": "hi", "metadata": {"model_role": role}},
-    )
-    assert r.status_code == 202, r.text
-    turn_id = r.json()["event_id"]
-    async with asyncio.timeout(30):
-        return await read_events(client, f"/v1/session/{session_id}/events", ends_turn(turn_id))
+from tests.turns import profile, turn, wait_stored
 
 
 async def upstream_calls(fake_llm: str, model: str) -> int:

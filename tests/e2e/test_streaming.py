@@ -12,10 +12,9 @@ from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
 from gateway_runtime.settings import CommonSettings
-from tests.e2e.test_llm_failures import profile, turn
-from tests.e2e.test_turn import ends_turn
 from tests.mesh import ROOT, Mesh
 from tests.sse import SseEvent, read_events
+from tests.turns import ends_turn, profile, turn
 
 
 async def test_last_event_id_resumes_with_exactly_the_rest(client: httpx.AsyncClient) -> None:
@@ -54,9 +53,9 @@ async def test_200_clients_one_subscription_each_gets_only_its_session(
     ready = asyncio.Semaphore(0)
     turn_ids: dict[str, str] = {}
 
-    async def listen(session_id: str) -> list[SseEvent]:
+    async def listen(http: httpx.AsyncClient, session_id: str) -> list[SseEvent]:
         seen: list[SseEvent] = []
-        async with client.stream("GET", f"/v1/session/{session_id}/events") as response:
+        async with http.stream("GET", f"/v1/session/{session_id}/events") as response:
             ready.release()
             buffer: dict[str, str] = {}
             async for line in response.aiter_lines():
@@ -75,7 +74,7 @@ async def test_200_clients_one_subscription_each_gets_only_its_session(
 
     limits = httpx.Limits(max_connections=300)
     async with httpx.AsyncClient(base_url=str(client.base_url), timeout=60, limits=limits) as many:
-        listeners = [asyncio.create_task(listen(s)) for s in sessions for _ in range(4)]
+        listeners = [asyncio.create_task(listen(many, s)) for s in sessions for _ in range(4)]
         async with asyncio.timeout(30):
             for _ in listeners:
                 await ready.acquire()

@@ -10,27 +10,7 @@ import httpx
 
 from gateway_runtime.settings import CommonSettings
 from tests.sse import SseEvent, read_events
-
-
-def ends_turn(turn_id: str):
-    return lambda e: e.turn_id == turn_id and e.type in ("assistant.final", "error")
-
-
-async def stored_rows(dsn: str, turn_id: str) -> tuple[int, int]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        turns = await conn.fetchval("SELECT count(*) FROM turns WHERE turn_id = $1", turn_id)
-        messages = await conn.fetchval("SELECT count(*) FROM messages WHERE turn_id = $1", turn_id)
-        return int(turns), int(messages)
-    finally:
-        await conn.close()
-
-
-async def wait_stored(dsn: str, turn_id: str, timeout: float = 20) -> tuple[int, int]:
-    async with asyncio.timeout(timeout):
-        while (rows := await stored_rows(dsn, turn_id)) == (0, 0):  # noqa: ASYNC110 - polls Postgres
-            await asyncio.sleep(0.05)
-    return rows
+from tests.turns import ends_turn, wait_stored
 
 
 async def test_a_turn_streams_deltas_then_the_final_answer_and_is_stored_once(

@@ -12,9 +12,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from schemas.codec import Codec, header
 from schemas.events import TurnRequested
 from schemas.topics import Topics
-from tests.e2e.test_turn import ends_turn
 from tests.mesh import Mesh
 from tests.sse import read_events
+from tests.turns import ends_turn
 
 
 async def test_malformed_event_is_dead_lettered_and_the_next_one_is_processed(

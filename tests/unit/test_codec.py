@@ -16,6 +16,7 @@ from schemas.events import (
     TurnContextualized,
     TurnRequested,
     Usage,
+    to_avro,
 )
 
 codec = Codec()
@@ -123,3 +124,35 @@ def test_undecodable_records_raise_decode_error(
 ) -> None:
     with pytest.raises(DecodeError, match=reason):
         codec.decode(value, headers)
+
+
+def test_turn_contextualized_v2_data_reads_as_v3_with_tool_defaults() -> None:
+    """v3 renamed the message type (ChatMessageV2, aliased to ChatMessage) and added fields."""
+    v2 = codec.schema("soma.events.TurnContextualized", 2)
+    record = to_avro(
+        TurnContextualized(
+            request=_request(),
+            principal="p",
+            messages=[ChatMessage("user", "hi")],
+            profile=ModelProfile(model="m"),
+            fallbacks=[ModelProfile(model="f")],
+        )
+    )
+    for key in ("tool_rounds", "prior_usage"):
+        del record[key]
+    record["messages"] = [{"role": "user", "content": "hi"}]
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, v2, record)
+    headers = [("schema", b"soma.events.TurnContextualized"), ("schema-version", b"2")]
+    event = codec.decode(buf.getvalue(), headers)
+    assert isinstance(event, TurnContextualized)
+    assert event.messages == [ChatMessage("user", "hi", tool_call_id=None, tool_calls_json=None)]
+    assert (event.tool_rounds, event.prior_usage) == (0, None)
+    assert [p.model for p in event.fallbacks] == ["f"]
+
+
+def test_records_embed_the_newest_version_of_a_versioned_record() -> None:
+    """ToolRequested embeds TurnContextualized: v3, even though v1 resolves first."""
+    schema = codec.schema("soma.events.ToolRequested")
+    embedded = schema["__named_schemas"]["soma.events.TurnContextualized"]
+    assert "tool_rounds" in {f["name"] for f in embedded["fields"]}

@@ -8,7 +8,7 @@ from context_worker.handler import ContextHandler, fit_history
 from gateway_runtime.errors import InvalidEvent
 from gateway_runtime.profiles import CachedProfiles, StoredProfile
 from gateway_runtime.tenants import TenantDirectory
-from schemas.events import ChatMessage, TurnAuthorized, TurnRequested
+from schemas.events import ChatMessage, ErrorInfo, TurnAuthorized, TurnCompleted, TurnRequested
 from schemas.topics import Topics
 
 
@@ -35,6 +35,16 @@ class NoMemories:
 
     async def remember(self, *args: str) -> None:
         raise AssertionError("the context stage only recalls")
+
+
+class RecordingFanout:
+    """An in-memory twin of FanoutPublisher's error channel."""
+
+    def __init__(self) -> None:
+        self.errors: list[tuple[str, str, ErrorInfo]] = []
+
+    async def publish_error(self, session_id: str, turn_id: str, error: ErrorInfo) -> None:
+        self.errors.append((session_id, turn_id, error))
 
 
 DEFAULT = StoredProfile("dialogue", "local", "m", max_tokens=100)
@@ -66,6 +76,7 @@ def _handler(
     history: list[ChatMessage],
     profiles: MemoryProfiles | None = None,
     memories: list[str] | None = None,
+    fanout: RecordingFanout | None = None,
 ) -> ContextHandler:
     return ContextHandler(
         topics=Topics.for_namespace("t"),
@@ -73,6 +84,7 @@ def _handler(
         tenants=tenants,
         profiles=CachedProfiles(profiles or MemoryProfiles(), DEFAULT),  # type: ignore[arg-type]
         memory=NoMemories(memories),
+        fanout=fanout or RecordingFanout(),  # type: ignore[arg-type]
         context_window_tokens=400,
     )
 
@@ -145,3 +157,24 @@ def test_the_default_profile_points_at_the_local_model() -> None:
     assert fields["default_model"].default == "openai/smollm2"
     assert fields["default_model_base_url"].default is None  # = LOCAL_LLM_BASE_URL
     assert fields["deployment_mode"].default == "local"
+
+
+async def test_models_the_tenant_may_not_use_are_skipped_or_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.yaml"
+    path.write_text("tenants:\n  acme:\n    models_allow: ['tiny']\n")
+    profiles = MemoryProfiles(
+        DEFAULT,
+        StoredProfile("coder", "local", "big", fallbacks=["small"]),
+        StoredProfile("small", "local", "tiny"),
+    )
+    fanout = RecordingFanout()
+    handler = _handler(TenantDirectory(path), [], profiles, fanout=fanout)
+    [out] = await handler.handle(_authorized(metadata={"model_role": "coder"}))
+    assert out.event.profile.model == "tiny"  # type: ignore[union-attr]
+    assert out.event.fallbacks == []  # type: ignore[union-attr]
+
+    [out] = await handler.handle(_authorized(metadata={"model_role": "dialogue"}))
+    assert out.topic == "t.turn.completed"
+    assert isinstance(out.event, TurnCompleted) and out.event.status == "failed"
+    assert out.event.error is not None and out.event.error.code == "model_not_allowed"
+    assert [e.code for _, _, e in fanout.errors] == ["model_not_allowed"]

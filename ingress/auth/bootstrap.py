@@ -1,0 +1,94 @@
+"""`python -m ingress.auth.bootstrap`: the first admin key, so a newcomer can start at once.
+
+Idempotent: the key kept in `$SOMA_HOME/admin-key` (mode 0600) is reused while it is
+valid (known, not revoked); otherwise a new one is created (tenant `default`, scopes
+turns + admin + operator) and written there. Prints the secret on stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import secrets
+from pathlib import Path
+
+import asyncpg
+
+from gateway_runtime import authz
+from gateway_runtime.authz import FgaAuthorizer
+from gateway_runtime.logs import configure_logging
+from gateway_runtime.settings import CommonSettings
+from ingress.auth.keys import SECRET_RE, digest, subject_of
+from ingress.auth.principal import SCOPES
+from ingress.auth.settings import AuthSettings
+
+log = logging.getLogger(__name__)
+TENANT = "default"
+
+
+class BootstrapSettings(CommonSettings, AuthSettings):
+    service_name: str = "bootstrap"
+
+
+async def _still_valid(conn: asyncpg.Connection, secret: str) -> bool:
+    match = SECRET_RE.match(secret)
+    if match is None:
+        return False
+    row = await conn.fetchrow(
+        "SELECT secret_sha256 FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL",
+        match.group(1),
+    )
+    return row is not None and hmac.compare_digest(row["secret_sha256"], digest(secret))
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+
+
+async def bootstrap(settings: BootstrapSettings) -> str:
+    path = settings.soma_home / "admin-key"
+    existing = path.read_text().strip() if path.exists() else ""
+    conn = await asyncpg.connect(settings.postgres_dsn)
+    try:
+        if existing and await _still_valid(conn, existing):
+            return existing
+        key_id = secrets.token_hex(8)
+        secret = f"sk_{key_id}_{secrets.token_urlsafe(32)}"
+        authorizer = FgaAuthorizer(settings)
+        try:
+            await authorizer.write(
+                [
+                    (authz.user(subject_of(key_id)), "admin", authz.tenant(TENANT)),
+                    (authz.user(subject_of(key_id)), "member", authz.tenant(TENANT)),
+                ]
+            )
+        finally:
+            await authorizer.close()
+        await conn.execute(
+            "INSERT INTO api_keys (key_id, tenant, label, scopes, secret_sha256, prefix,"
+            " created_by) VALUES ($1, $2, 'bootstrap admin', $3, $4, $5, 'bootstrap')",
+            key_id,
+            TENANT,
+            list(SCOPES),
+            digest(secret),
+            f"sk_{key_id}",
+        )
+    finally:
+        await conn.close()
+    _write_secret(path, secret)
+    log.info("created the bootstrap admin key", extra={"fields": {"key_id": key_id}})
+    return secret
+
+
+if __name__ == "__main__":
+    settings = BootstrapSettings()
+    configure_logging(settings.service_name, "WARNING")
+    print(asyncio.run(bootstrap(settings)))

@@ -1,0 +1,223 @@
+"""API keys: created with a one-time secret, stored as a hash, checked on every request.
+
+A secret is `sk_<key_id>_<43 random url-safe chars>` (256 bits). Postgres keeps its
+SHA-256 (a fast hash is right for a random secret; there is nothing to brute-force) and
+the key's tenant, scopes and state. A request's key is looked up by the key_id its
+secret names: first in Redis (`soma:apikey:<key_id>`, a short TTL), else in Postgres,
+and the hashes are compared in constant time.
+
+Revocation writes Postgres, then overwrites the Redis entry with a revoked one (no TTL
+race: fills use SET NX and never replace it), so every replica refuses the key from its
+next request. `last_used_at` is written at most once a minute per key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway_runtime.errors import DependencyUnavailable
+from ingress.auth.principal import Principal
+
+log = logging.getLogger(__name__)
+
+SECRET_RE = re.compile(r"^sk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+CACHE_PREFIX = "soma:apikey:"
+REVOKED_TTL_S = 7 * 86400
+_COLUMNS = (
+    "key_id, tenant, label, scopes, prefix, created_at, created_by, last_used_at,"
+    " revoked_at IS NOT NULL AS revoked"
+)
+
+
+class InvalidKey(Exception):
+    """No such key, or the secret does not match."""
+
+
+class RevokedKey(Exception):
+    """The secret matches a key that was revoked."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: str
+    tenant: str
+    label: str
+    scopes: list[str]
+    prefix: str
+    created_at: datetime
+    created_by: str
+    last_used_at: datetime | None
+    revoked: bool
+
+    @property
+    def subject(self) -> str:
+        return subject_of(self.key_id)
+
+
+def subject_of(key_id: str) -> str:
+    return f"key:{key_id}"
+
+
+def digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def _record(row: asyncpg.Record) -> KeyRecord:
+    return KeyRecord(**{**dict(row), "scopes": list(row["scopes"])})
+
+
+def _unavailable(exc: BaseException) -> DependencyUnavailable:
+    return DependencyUnavailable(f"key store unavailable: {exc!r}"[:300])
+
+
+_PG_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+
+
+class KeyStore:
+    def __init__(self, pool: asyncpg.Pool, redis: Redis, *, cache_ttl_s: int) -> None:
+        self._pool = pool
+        self._redis = redis
+        self._ttl = cache_ttl_s
+
+    async def create(
+        self, tenant: str, label: str, scopes: list[str], created_by: str
+    ) -> tuple[KeyRecord, str]:
+        """The new key and its secret (returned this once, never stored)."""
+        key_id = secrets.token_hex(8)
+        secret = f"sk_{key_id}_{secrets.token_urlsafe(32)}"
+        try:
+            row = await self._pool.fetchrow(
+                "INSERT INTO api_keys (key_id, tenant, label, scopes, secret_sha256, prefix,"
+                f" created_by) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_COLUMNS}",
+                key_id,
+                tenant,
+                label,
+                sorted(set(scopes)),
+                digest(secret),
+                f"sk_{key_id}",
+                created_by,
+            )
+        except _PG_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return _record(row), secret
+
+    async def list(self, tenant: str | None) -> list[KeyRecord]:
+        """Keys of one tenant, or of all tenants (None), oldest first; never a secret."""
+        try:
+            rows = await self._pool.fetch(
+                f"SELECT {_COLUMNS} FROM api_keys WHERE $1::text IS NULL OR tenant = $1"
+                " ORDER BY created_at, key_id",
+                tenant,
+            )
+        except _PG_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return [_record(r) for r in rows]
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        try:
+            row = await self._pool.fetchrow(
+                f"SELECT {_COLUMNS} FROM api_keys WHERE key_id = $1", key_id
+            )
+        except _PG_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return _record(row) if row else None
+
+    async def revoke(self, key_id: str) -> KeyRecord | None:
+        """Revoke the key everywhere at once; None if there is no such key."""
+        try:
+            row = await self._pool.fetchrow(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"
+                f" WHERE key_id = $1 RETURNING {_COLUMNS}, secret_sha256",
+                key_id,
+            )
+        except _PG_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        if row is None:
+            return None
+        entry = _entry(row["secret_sha256"], row["tenant"], list(row["scopes"]), revoked=True)
+        try:
+            # Replaces any cached copy; fills use NX so a stale read cannot undo this.
+            await self._redis.set(CACHE_PREFIX + key_id, entry, ex=REVOKED_TTL_S)
+        except RedisError as exc:
+            # Postgres says revoked; a replica's cached copy must not outlive it.
+            raise _unavailable(exc) from exc
+        record = dict(row)
+        record.pop("secret_sha256")
+        return _record(record)  # type: ignore[arg-type]
+
+    async def authenticate(self, secret: str) -> Principal:
+        match = SECRET_RE.match(secret)
+        if match is None:
+            raise InvalidKey("not an API key of this gateway")
+        key_id = match.group(1)
+        entry = await self._lookup(key_id)
+        if entry is None or not hmac.compare_digest(bytes.fromhex(entry["h"]), digest(secret)):
+            raise InvalidKey("unknown API key")
+        if entry["r"]:
+            raise RevokedKey(f"API key {key_id} was revoked")
+        await self._touch(key_id)
+        return Principal(
+            subject=subject_of(key_id),
+            tenant=entry["t"],
+            scopes=frozenset(entry["s"]),
+            key_id=key_id,
+        )
+
+    async def _lookup(self, key_id: str) -> dict | None:
+        cache_key = CACHE_PREFIX + key_id
+        try:
+            cached = await self._redis.get(cache_key)
+        except RedisError as exc:
+            log.warning("key cache unavailable, asking Postgres: %r", exc)
+            cached, cache_key = None, ""
+        if cached:
+            entry = json.loads(cached)
+            return None if entry.get("missing") else entry  # type: ignore[no-any-return]
+        try:
+            row = await self._pool.fetchrow(
+                "SELECT secret_sha256, tenant, scopes, revoked_at IS NOT NULL AS revoked"
+                " FROM api_keys WHERE key_id = $1",
+                key_id,
+            )
+        except _PG_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        value = (
+            _entry(row["secret_sha256"], row["tenant"], list(row["scopes"]), row["revoked"])
+            if row
+            else json.dumps({"missing": True})
+        )
+        if cache_key:
+            try:
+                await self._redis.set(cache_key, value, ex=self._ttl, nx=True)
+            except RedisError as exc:
+                log.warning("could not cache key %s: %r", key_id, exc)
+        return json.loads(value) if row else None  # type: ignore[no-any-return]
+
+    async def _touch(self, key_id: str) -> None:
+        """Record use, at most once a minute per key across all replicas."""
+        try:
+            first = await self._redis.set(f"{CACHE_PREFIX}used:{key_id}", 1, ex=60, nx=True)
+        except RedisError:
+            return
+        if first:
+            try:
+                await self._pool.execute(
+                    "UPDATE api_keys SET last_used_at = now() WHERE key_id = $1", key_id
+                )
+            except _PG_ERRORS as exc:
+                log.warning("could not record key use: %r", exc)
+
+
+def _entry(sha256: bytes, tenant: str, scopes: list[str], revoked: bool) -> str:
+    return json.dumps({"h": sha256.hex(), "t": tenant, "s": scopes, "r": revoked})

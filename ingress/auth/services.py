@@ -1,0 +1,78 @@
+"""The authentication and authorization services the ingress builds once at start-up."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+from redis.asyncio import Redis
+
+from gateway_runtime.authz import FgaAuthorizer
+from gateway_runtime.tenants import TenantDirectory
+from ingress.auth.errors import unauthenticated, unavailable
+from ingress.auth.jwt import InvalidToken, JwtVerifier
+from ingress.auth.keys import InvalidKey, KeyStore, RevokedKey
+from ingress.auth.principal import Principal
+from ingress.auth.sessions import SessionAccess
+from ingress.auth.settings import AuthSettings
+from ingress.ratelimit import RateLimiter
+
+
+@dataclass
+class AuthServices:
+    require_auth: bool
+    keys: KeyStore
+    jwt: JwtVerifier
+    authorizer: FgaAuthorizer
+    sessions: SessionAccess
+    limiter: RateLimiter
+    tenants: TenantDirectory
+
+    async def authenticate(self, credential: str) -> Principal:
+        """The principal a bearer credential (API key or JWT) stands for, or a 401."""
+        try:
+            if credential.startswith("sk_"):
+                return await self.keys.authenticate(credential)
+            if self.jwt.enabled and credential.count(".") == 2:
+                return await self.jwt.verify(credential)
+        except RevokedKey as exc:
+            raise unauthenticated("key_revoked", str(exc)) from exc
+        except InvalidKey as exc:
+            raise unauthenticated("invalid_api_key", str(exc)) from exc
+        except InvalidToken as exc:
+            raise unauthenticated("invalid_token", f"bearer token rejected: {exc}"[:300]) from exc
+        raise unauthenticated("invalid_credentials", "not an API key or an accepted bearer token")
+
+
+def authz_unavailable(exc: BaseException) -> Exception:
+    return unavailable(
+        "authz_unavailable",
+        f"authorization cannot be decided now ({exc}); the request is refused (fail closed)",
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_auth(
+    settings: AuthSettings,
+    *,
+    require_auth: bool,
+    pool: asyncpg.Pool,
+    redis: Redis,
+    http: httpx.AsyncClient,
+) -> AsyncIterator[AuthServices]:
+    authorizer = FgaAuthorizer(settings)
+    try:
+        yield AuthServices(
+            require_auth=require_auth,
+            keys=KeyStore(pool, redis, cache_ttl_s=settings.api_key_cache_ttl_s),
+            jwt=JwtVerifier(settings, http),
+            authorizer=authorizer,
+            sessions=SessionAccess(pool, authorizer),
+            limiter=RateLimiter(redis),
+            tenants=TenantDirectory(),
+        )
+    finally:
+        await authorizer.close()

@@ -1,0 +1,128 @@
+"""API keys: create (the secret is shown once), list (never a secret), revoke (at once).
+
+Key management needs the `admin` scope and stays inside the caller's tenant; the
+`operator` scope (the bootstrap key) may manage keys of any configured tenant. A key of
+another tenant is answered as if it did not exist (404).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway_runtime import authz
+from gateway_runtime.authz import AuthzUnavailable
+from ingress.auth.errors import Denied, forbidden, not_found
+from ingress.auth.keys import KeyRecord
+from ingress.auth.principal import Principal
+from ingress.auth.services import authz_unavailable
+from ingress.deps import AdminPrincipal, ResourcesDep
+from ingress.resources import Resources
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+TENANT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+KeyIdPath = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")]
+Scope = Literal["turns", "admin", "operator"]
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    label: str = Field(min_length=1, max_length=128)
+    tenant: str | None = Field(None, pattern=TENANT, description="default: the caller's")
+    scopes: list[Scope] = Field(default_factory=lambda: ["turns"], min_length=1, max_length=3)
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    label: str
+    tenant: str
+    scopes: list[str]
+    created_at: datetime
+    created_by: str
+    prefix: str
+    last_used_at: datetime | None
+    revoked: bool
+
+    @classmethod
+    def of(cls, record: KeyRecord) -> KeyOut:
+        return cls.model_validate(record, from_attributes=True)
+
+
+class KeyCreated(KeyOut):
+    secret: str = Field(description="shown this once; only its hash is stored")
+
+
+DENIALS: dict[int | str, dict[str, str]] = {
+    401: {"description": "missing, bad or revoked credentials"},
+    403: {"description": "the caller lacks the admin (or operator) scope"},
+}
+
+
+def _target_tenant(principal: Principal, requested: str | None, res: Resources) -> str:
+    tenant = requested or principal.tenant
+    if tenant != principal.tenant and not principal.has("operator"):
+        raise forbidden("insufficient_scope", "keys of another tenant need the 'operator' scope")
+    if not res.auth.tenants.known(tenant):
+        known = ", ".join(res.auth.tenants.names())
+        raise Denied(400, "unknown_tenant", f"tenant {tenant!r} is not configured ({known})")
+    return tenant
+
+
+async def _grant(res: Resources, record: KeyRecord, *, revoke: bool = False) -> None:
+    """The key's place in OpenFGA: member of its tenant, admin too with the admin scope."""
+    relations = [(authz.user(record.subject), "member", authz.tenant(record.tenant))]
+    if "admin" in record.scopes:
+        relations.append((authz.user(record.subject), "admin", authz.tenant(record.tenant)))
+    try:
+        if revoke:
+            await res.auth.authorizer.delete(relations)
+        else:
+            await res.auth.authorizer.write(relations)
+    except AuthzUnavailable as exc:
+        raise authz_unavailable(exc) from exc
+
+
+@router.post("", status_code=201, response_model=KeyCreated, responses=DENIALS)
+async def create_key(body: KeyIn, res: ResourcesDep, principal: AdminPrincipal) -> KeyCreated:
+    """Create a key of the caller's tenant (or, for operators, of `tenant`)."""
+    tenant = _target_tenant(principal, body.tenant, res)
+    if "operator" in body.scopes and not principal.has("operator"):
+        raise forbidden("insufficient_scope", "only an operator may grant the 'operator' scope")
+    record, secret = await res.auth.keys.create(
+        tenant, body.label, list(body.scopes), principal.subject
+    )
+    await _grant(res, record)
+    return KeyCreated(**KeyOut.of(record).model_dump(), secret=secret)
+
+
+@router.get("", response_model=list[KeyOut], responses=DENIALS)
+async def list_keys(
+    res: ResourcesDep,
+    principal: AdminPrincipal,
+    tenant: Annotated[str | None, Query(pattern=TENANT)] = None,
+) -> list[KeyOut]:
+    """Keys of the caller's tenant; operators see every tenant's unless `tenant` is given."""
+    scope = tenant if principal.has("operator") else principal.tenant
+    if tenant is not None and tenant != scope:
+        raise forbidden("insufficient_scope", "keys of another tenant need the 'operator' scope")
+    return [KeyOut.of(r) for r in await res.auth.keys.list(scope)]
+
+
+@router.delete("/{key_id}", response_model=KeyOut, responses=DENIALS)
+async def revoke_key(key_id: KeyIdPath, res: ResourcesDep, principal: AdminPrincipal) -> KeyOut:
+    """Revoke a key: every replica refuses it from its next request on."""
+    record = await res.auth.keys.get(key_id)
+    if record is None or (record.tenant != principal.tenant and not principal.has("operator")):
+        raise not_found("key_not_found", f"no key {key_id!r} that you may manage")
+    revoked = await res.auth.keys.revoke(key_id)
+    assert revoked is not None  # keys are revoked, never deleted
+    try:
+        await _grant(res, revoked, revoke=True)
+    except Denied:
+        pass  # the key is refused already; stale relations of a dead key grant nothing
+    return KeyOut.of(revoked)

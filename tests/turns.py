@@ -1,0 +1,69 @@
+"""Helpers the end-to-end tests share: start a turn, follow it, check what was stored."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+
+import asyncpg
+import httpx
+
+from tests.mesh import Mesh
+from tests.sse import SseEvent, read_events
+
+
+def ends_turn(turn_id: str) -> Callable[[SseEvent], bool]:
+    return lambda e: e.turn_id == turn_id and e.type in ("assistant.final", "error")
+
+
+async def turn(
+    client: httpx.AsyncClient,
+    role: str = "dialogue",
+    session_id: str | None = None,
+    message: str = "hi",
+) -> list[SseEvent]:
+    """Post a message with the given model role and read its events to the end."""
+    session_id = session_id or f"s-{uuid.uuid4().hex}"
+    r = await client.post(
+        "/v1/session/message",
+        json={"session_id": session_id, "message": message, "metadata": {"model_role": role}},
+    )
+    assert r.status_code == 202, r.text
+    turn_id = r.json()["event_id"]
+    async with asyncio.timeout(30):
+        return await read_events(client, f"/v1/session/{session_id}/events", ends_turn(turn_id))
+
+
+async def profile(
+    client: httpx.AsyncClient,
+    mesh: Mesh,
+    role: str,
+    model: str,
+    fake_llm: str,
+    fallbacks: list[str] | None = None,
+) -> None:
+    """Point `role` (in the mesh's deployment mode) at a model of the fake upstream."""
+    r = await client.put(
+        f"/v1/model-profiles/{role}/{mesh.env['DEPLOYMENT_MODE']}",
+        json={"model": model, "base_url": fake_llm + "/v1", "fallbacks": fallbacks or []},
+    )
+    assert r.status_code == 200, r.text
+
+
+async def stored_rows(dsn: str, turn_id: str) -> tuple[int, int]:
+    """(turn rows, message rows) stored for a turn."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        turns = await conn.fetchval("SELECT count(*) FROM turns WHERE turn_id = $1", turn_id)
+        messages = await conn.fetchval("SELECT count(*) FROM messages WHERE turn_id = $1", turn_id)
+        return int(turns), int(messages)
+    finally:
+        await conn.close()
+
+
+async def wait_stored(dsn: str, turn_id: str, timeout: float = 20) -> tuple[int, int]:
+    async with asyncio.timeout(timeout):
+        while (rows := await stored_rows(dsn, turn_id)) == (0, 0):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    return rows

@@ -1,0 +1,1 @@
+"""Tool dispatcher stage: runs the tool calls a model asked for and hands the turn back."""

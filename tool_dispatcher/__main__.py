@@ -1,0 +1,38 @@
+"""`python -m tool_dispatcher`: wires settings → adapters → the runtime's stage loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway_runtime.event_log import PostgresEventLog
+from gateway_runtime.postgres import create_pool
+from gateway_runtime.tenants import TenantDirectory
+from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
+from schemas.topics import Topics
+from tool_dispatcher.handler import ToolDispatcher
+from tool_dispatcher.registry import ToolRegistry
+from tool_dispatcher.settings import ToolSettings
+from tool_dispatcher.tools import BUILTIN_TOOLS
+
+
+async def main(settings: ToolSettings, stop: asyncio.Event) -> None:
+    pool = await create_pool(settings.postgres_dsn, max_size=2)
+    try:
+        async with redis_client(settings.redis_url) as redis:
+            # Like the LLM stage: while Redis is down, tool results go to the Postgres log.
+            fanout = fanout_publisher(redis, settings, PostgresEventLog(pool))
+            handler = ToolDispatcher(
+                topics=Topics.for_namespace(settings.kafka_namespace),
+                registry=ToolRegistry(BUILTIN_TOOLS),
+                tenants=TenantDirectory(),
+                fanout=fanout,
+                max_result_chars=settings.tool_result_max_chars,
+            )
+            await serve_stage(handler, settings, stop, fanout=fanout)
+    finally:
+        await pool.close()
+
+
+if __name__ == "__main__":
+    settings = ToolSettings()
+    run_worker(settings, lambda stop: main(settings, stop))
