@@ -12,16 +12,23 @@ export PYTHONPATH=$REPO_DIR GATEWAY_REQUIRE_AUTH=${GATEWAY_REQUIRE_AUTH:-false}
 HEALTH_URL=http://127.0.0.1:$GATEWAY_PORT/v1/health
 
 start() {
-  local started
+  local started name
   started=$EPOCHREALTIME
   (cd "$REPO_DIR" && "$PY" -m gateway_runtime.provision >>"$LOG_DIR/provision.log" 2>&1) ||
     fail_with_log provision "provisioning topics and migrations failed"
   # The first admin key (idempotent): $SOMA_HOME/admin-key, mode 0600; `make up` prints it.
   (cd "$REPO_DIR" && "$PY" -m ingress.auth.bootstrap >/dev/null 2>>"$LOG_DIR/provision.log") ||
     fail_with_log provision "creating the bootstrap admin key failed"
-  for name in "${SERVICES[@]}"; do
+  # Workers serve /metrics on WORKER_METRICS_PORT_BASE+1.. in SERVICES order (the ingress
+  # serves its own on the API port); many SSE clients need many open files.
+  ulimit -n 65536 2>/dev/null || log "could not raise the open-files limit: $(ulimit -n)"
+  local i port
+  for i in "${!SERVICES[@]}"; do
+    name=${SERVICES[i]}
     is_running "$name" && continue
-    (cd "$REPO_DIR" && start_daemon "$name" "$PY" -m "$name")
+    port=$((WORKER_METRICS_PORT_BASE + i + 1))
+    [[ $name == ingress ]] && port=0
+    (cd "$REPO_DIR" && METRICS_PORT=$port start_daemon "$name" "$PY" -m "$name")
   done
   wait_ready ingress 60 curl -fsS "$HEALTH_URL" || fail_with_log ingress "ingress not healthy at $HEALTH_URL"
   for name in "${SERVICES[@]}"; do

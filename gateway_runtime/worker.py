@@ -20,6 +20,7 @@ from gateway_runtime.fanout import FanoutPublisher
 from gateway_runtime.kafka import make_consumer, make_producer
 from gateway_runtime.logs import configure_logging
 from gateway_runtime.metrics import serve_metrics
+from gateway_runtime.redis_pool import open_redis
 from gateway_runtime.settings import CommonSettings, StageSettings
 from gateway_runtime.stage import StageHandler, StageLoop
 from schemas.codec import Codec
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @contextlib.asynccontextmanager
 async def redis_client(url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
+    client = open_redis(url)
     try:
         yield client
     finally:

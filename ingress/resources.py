@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaProducer
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
 from gateway_runtime.deployments import DeploymentHealth
 from gateway_runtime.event_log import PostgresEventLog
@@ -17,6 +17,7 @@ from gateway_runtime.fanout import FanoutKeys, FanoutPublisher
 from gateway_runtime.kafka import make_producer
 from gateway_runtime.postgres import create_pool
 from gateway_runtime.profiles import ProfileStore
+from gateway_runtime.redis_pool import open_redis
 from ingress.auth.services import AuthServices, open_auth
 from ingress.events import SessionEvents
 from ingress.hub import FanoutHub
@@ -48,12 +49,7 @@ async def open_resources(settings: IngressSettings) -> AsyncIterator[Resources]:
         producer = make_producer(settings.kafka_bootstrap_servers, client_id="ingress")
         await producer.start()
         stack.push_async_callback(producer.stop)
-        # A blocking pool queues a burst beyond its size instead of failing it.
-        redis = Redis(
-            connection_pool=BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=256, timeout=5, socket_connect_timeout=2
-            )
-        )
+        redis = open_redis(settings.redis_url, max_connections=256)
         stack.push_async_callback(redis.aclose)
         pool = await create_pool(settings.postgres_dsn, min_size=1, max_size=10)
         stack.push_async_callback(pool.close)

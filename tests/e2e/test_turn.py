@@ -69,3 +69,32 @@ async def test_the_next_turn_sees_the_transcript(
     )
     assert events[-1].type == "assistant.final"
     assert await wait_stored(settings.postgres_dsn, second["event_id"]) == (1, 2)
+
+
+async def test_a_session_action_runs_as_a_turn_over_the_transcript(
+    client: httpx.AsyncClient, settings: CommonSettings
+) -> None:
+    session_id = f"s-{uuid.uuid4().hex}"
+    first = (
+        await client.post(
+            "/v1/session/message", json={"session_id": session_id, "message": "plan a trip"}
+        )
+    ).json()
+    await read_events(client, f"/v1/session/{session_id}/events", ends_turn(first["event_id"]))
+    await wait_stored(settings.postgres_dsn, first["event_id"])
+    r = await client.post(
+        "/v1/session/action", json={"session_id": session_id, "action": "summarize"}
+    )
+    assert r.status_code == 202, r.text
+    action_id = r.json()["event_id"]
+    events = await read_events(client, f"/v1/session/{session_id}/events", ends_turn(action_id))
+    assert events[-1].type == "assistant.final"
+    assert await wait_stored(settings.postgres_dsn, action_id) == (1, 2)
+    conn = await asyncpg.connect(settings.postgres_dsn)
+    try:
+        stored = await conn.fetchval(
+            "SELECT content FROM messages WHERE turn_id = $1 AND role = 'user'", action_id
+        )
+    finally:
+        await conn.close()
+    assert stored == "[action] summarize"
