@@ -2,13 +2,17 @@
 
 The client's queue is registered with the hub before the log is read, so nothing
 published in between is missed; ids at or before the last one sent are skipped, so
-nothing is sent twice. While the hub has no Redis subscription, the Postgres fallback
-log (where the stages publish during a Redis outage) is polled instead.
+nothing is sent twice. While the client is behind — its catch-up could not read a log,
+or the hub has no Redis subscription — live events are not passed on (the log holds them,
+in order): the client polls the logs, with jittered backoff and a per-process cap on
+concurrent catch-ups, so an outage does not turn every client into a polling storm.
+The Postgres fallback log (where stages publish during a Redis outage) is read too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 
@@ -18,9 +22,11 @@ from redis.exceptions import RedisError
 from gateway_runtime.errors import DependencyUnavailable
 from gateway_runtime.event_log import PG_ID_PREFIX, PostgresEventLog
 from gateway_runtime.fanout import FanoutKeys
-from ingress.hub import RESYNC, FanoutHub, Item
+from ingress.hub import RESYNC, FanoutHub, SessionEvent
 
-FALLBACK_POLL_S = 0.5
+POLL_MIN_S = 0.5
+POLL_MAX_S = 5.0
+CONCURRENT_CATCH_UPS = 32
 
 
 def _order(stream_id: str) -> tuple[int, int]:
@@ -43,18 +49,18 @@ class _Cursor:
         self.pg_id = 0
         self.ts_ms = 0
 
-    def seen(self, item: Item) -> bool:
-        if item[0].startswith(PG_ID_PREFIX):
-            return int(item[0][len(PG_ID_PREFIX) :]) <= self.pg_id
-        return self.redis_id is not None and _order(item[0]) <= _order(self.redis_id)
+    def seen(self, event: SessionEvent) -> bool:
+        if event.id.startswith(PG_ID_PREFIX):
+            return int(event.id[len(PG_ID_PREFIX) :]) <= self.pg_id
+        return self.redis_id is not None and _order(event.id) <= _order(self.redis_id)
 
-    def advance(self, item: Item, ts_ms: int | None = None) -> None:
-        if item[0].startswith(PG_ID_PREFIX):
-            self.pg_id = int(item[0][len(PG_ID_PREFIX) :])
+    def advance(self, event: SessionEvent, ts_ms: int | None = None) -> None:
+        if event.id.startswith(PG_ID_PREFIX):
+            self.pg_id = int(event.id[len(PG_ID_PREFIX) :])
             self.ts_ms = max(self.ts_ms, ts_ms or 0)
         else:
-            self.redis_id = item[0]
-            self.ts_ms = max(self.ts_ms, _order(item[0])[0])
+            self.redis_id = event.id
+            self.ts_ms = max(self.ts_ms, _order(event.id)[0])
 
 
 class SessionEvents:
@@ -62,11 +68,12 @@ class SessionEvents:
         self, redis: Redis, hub: FanoutHub, fallback: PostgresEventLog, keys: FanoutKeys
     ) -> None:
         self._redis = redis
-        self._keys = keys
         self._hub = hub
         self._fallback = fallback
+        self._keys = keys
+        self._catch_ups = asyncio.Semaphore(CONCURRENT_CATCH_UPS)
 
-    async def _redis_after(self, session_id: str, cursor: _Cursor) -> list[Item]:
+    async def _redis_after(self, session_id: str, cursor: _Cursor) -> list[SessionEvent]:
         if cursor.redis_id:
             low = f"({cursor.redis_id}"
         elif cursor.ts_ms:
@@ -75,32 +82,43 @@ class SessionEvents:
             low = "-"
         try:
             entries = await self._redis.xrange(self._keys.stream(session_id), min=low, max="+")
-        except RedisError:
-            return []  # Redis is down: the fallback log is what there is
-        return [(i.decode(), f[b"t"].decode(), f[b"e"].decode()) for i, f in entries]
+        except RedisError as exc:
+            raise DependencyUnavailable(f"event log unavailable: {exc!r}") from exc
+        return [SessionEvent(i.decode(), f[b"t"].decode(), f[b"e"].decode()) for i, f in entries]
 
-    async def _fallback_after(self, session_id: str, cursor: _Cursor) -> list[tuple[Item, int]]:
+    async def _fallback_after(
+        self, session_id: str, cursor: _Cursor
+    ) -> list[tuple[SessionEvent, int]]:
         after_ts = 0 if cursor.pg_id else (_order(cursor.redis_id)[0] if cursor.redis_id else 0)
         rows = await self._fallback.after(session_id, after_id=cursor.pg_id, after_ts_ms=after_ts)
-        return [((i, t, p), ts) for i, t, p, ts in rows]
+        return [(SessionEvent(i, t, p), ts) for i, t, p, ts in rows]
 
-    async def _catch_up(self, session_id: str, cursor: _Cursor) -> list[Item]:
-        """Unseen events of both logs, merged by time."""
-        merged: list[tuple[int, Item]] = [
-            (_order(item[0])[0], item) for item in await self._redis_after(session_id, cursor)
-        ]
-        merged += [(ts, item) for item, ts in await self._fallback_after(session_id, cursor)]
+    async def _catch_up(self, session_id: str, cursor: _Cursor) -> tuple[list[SessionEvent], bool]:
+        """Unseen events of both logs, merged by time, and whether both could be read."""
+        complete = True
+        merged: list[tuple[int, SessionEvent]] = []
+        async with self._catch_ups:
+            try:
+                merged += [
+                    (_order(e.id)[0], e) for e in await self._redis_after(session_id, cursor)
+                ]
+            except DependencyUnavailable:
+                complete = False
+            try:
+                merged += [(ts, e) for e, ts in await self._fallback_after(session_id, cursor)]
+            except DependencyUnavailable:
+                complete = False
         merged.sort(key=lambda pair: pair[0])
         fresh = []
-        for ts, item in merged:
-            if not cursor.seen(item):
-                cursor.advance(item, ts)
-                fresh.append(item)
-        return fresh
+        for ts, event in merged:
+            if not cursor.seen(event):
+                cursor.advance(event, ts)
+                fresh.append(event)
+        return fresh, complete
 
     async def follow(
         self, session_id: str, after: str | None, keepalive_s: float
-    ) -> AsyncIterator[Item | None]:
+    ) -> AsyncIterator[SessionEvent | None]:
         """Yield events after `after` (all retained ones if None); None = keep-alive tick."""
         cursor = _Cursor()
         if after and after.startswith(PG_ID_PREFIX):
@@ -109,31 +127,36 @@ class SessionEvents:
         elif after:
             cursor.redis_id = after
         with self._hub.subscribe(session_id) as queue:
-            try:
-                for item in await self._catch_up(session_id, cursor):
-                    yield item
-            except DependencyUnavailable:
-                pass  # both logs unreadable: live events may still come
-            quiet_since = time.monotonic()
+            fresh, complete = await self._catch_up(session_id, cursor)
+            for event in fresh:
+                yield event
+            behind = not complete
+            delay = POLL_MIN_S
+            last_sent = time.monotonic()
             while True:
-                wait = keepalive_s if self._hub.connected else FALLBACK_POLL_S
+                polling = behind or not self._hub.connected
+                item: SessionEvent | None = None
                 try:
-                    item = await asyncio.wait_for(queue.get(), wait)
+                    async with asyncio.timeout(
+                        delay * (0.5 + random.random()) if polling else keepalive_s
+                    ):
+                        item = await queue.get()
                 except TimeoutError:
-                    if not self._hub.connected:
-                        for fresh in await self._catch_up(session_id, cursor):
-                            quiet_since = time.monotonic()
-                            yield fresh
-                    if time.monotonic() - quiet_since >= keepalive_s:
-                        quiet_since = time.monotonic()
-                        yield None
+                    pass
+                if item is not None and item is not RESYNC:
+                    if behind or cursor.seen(item):
+                        continue  # behind: the log has it, the catch-up sends it in order
+                    cursor.advance(item)
+                    last_sent = time.monotonic()
+                    yield item
                     continue
-                if item is RESYNC:
-                    for fresh in await self._catch_up(session_id, cursor):
-                        yield fresh
-                    continue
-                if cursor.seen(item):
-                    continue
-                cursor.advance(item)
-                quiet_since = time.monotonic()
-                yield item
+                if polling or item is RESYNC:
+                    fresh, complete = await self._catch_up(session_id, cursor)
+                    behind = not complete
+                    delay = POLL_MIN_S if fresh or complete else min(delay * 2, POLL_MAX_S)
+                    for event in fresh:
+                        last_sent = time.monotonic()
+                        yield event
+                if time.monotonic() - last_sent >= keepalive_s:
+                    last_sent = time.monotonic()
+                    yield None

@@ -21,8 +21,32 @@ from gateway_runtime.fanout import FanoutKeys
 
 log = logging.getLogger(__name__)
 
-RESYNC = ("", "", "")  # stream id, type, payload — empty: re-read the durable log
-Item = tuple[str, str, str]
+
+class SessionEvent:
+    """One event as clients receive it. The same object goes to every client of the
+    session, so its SSE frame is encoded once however many clients there are."""
+
+    __slots__ = ("_sse", "id", "payload", "type")
+
+    def __init__(self, event_id: str, event_type: str, payload: str) -> None:
+        self.id = event_id
+        self.type = event_type
+        self.payload = payload
+        self._sse: bytes | None = None
+
+    @property
+    def sse(self) -> bytes:
+        if self._sse is None:
+            self._sse = f"id: {self.id}\nevent: {self.type}\ndata: {self.payload}\n\n".encode()
+        return self._sse
+
+    def ws_text(self) -> str:
+        """The payload JSON object with the event id added as its first member."""
+        return f'{{"id":"{self.id}",{self.payload[1:]}'
+
+
+RESYNC = SessionEvent("", "", "")  # not an event: re-read the durable log
+Item = SessionEvent
 
 
 class FanoutHub:
@@ -88,7 +112,7 @@ class FanoutHub:
             return
         head, _, payload = data.decode().partition("\n")
         stream_id, _, event_type = head.partition(" ")
-        item = (stream_id, event_type, payload)
+        item = SessionEvent(stream_id, event_type, payload)
         for queue in queues:
             try:
                 queue.put_nowait(item)

@@ -128,8 +128,7 @@ async def session_events(
             if item is None:
                 yield b": keep-alive\n\n"
             else:
-                stream_id, event_type, payload = item
-                yield f"id: {stream_id}\nevent: {event_type}\ndata: {payload}\n\n".encode()
+                yield item.sse
 
     return StreamingResponse(
         stream(),

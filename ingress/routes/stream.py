@@ -34,8 +34,7 @@ async def _send_events(
 ) -> None:
     async for item in res.events.follow(session_id, last_event_id, res.settings.sse_keepalive_s):
         if item is not None:
-            stream_id, _, payload = item
-            await ws.send_text(f'{{"id":"{stream_id}",{payload[1:]}')
+            await ws.send_text(item.ws_text())
 
 
 async def _start_turn(
