@@ -207,9 +207,7 @@ class FakeUpstream:
         """One streamed answer of the `tool` mode: a calculator call, or the text after it."""
         messages = request.get("messages") or []
         results = [str(m.get("content")) for m in messages if m.get("role") == "tool"]
-        offered = {
-            (t.get("function") or {}).get("name") for t in request.get("tools") or ()
-        }
+        offered = {(t.get("function") or {}).get("name") for t in request.get("tools") or ()}
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"transfer-encoding: chunked\r\n\r\n"
@@ -219,8 +217,12 @@ class FakeUpstream:
         if "calculator" in offered and not results:
             # The call comes in pieces, as real providers stream it: id and name first,
             # then the arguments JSON in fragments.
-            first = {"index": 0, "id": "call_fake_1", "type": "function",
-                     "function": {"name": "calculator", "arguments": ""}}
+            first = {
+                "index": 0,
+                "id": "call_fake_1",
+                "type": "function",
+                "function": {"name": "calculator", "arguments": ""},
+            }
             deltas: list[dict] = [{"role": "assistant", "tool_calls": [first]}]
             for fragment in ('{"expres', 'sion": "6*', '7"}'):
                 deltas.append({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]})
@@ -236,8 +238,11 @@ class FakeUpstream:
             self.chunk(writer, self.delta(created, delta, None))
             await writer.drain()
         self.chunk(writer, self.delta(created, {}, finish))
-        usage = {"prompt_tokens": 10, "completion_tokens": len(deltas),
-                 "total_tokens": 10 + len(deltas)}
+        usage = {
+            "prompt_tokens": 10,
+            "completion_tokens": len(deltas),
+            "total_tokens": 10 + len(deltas),
+        }
         self.chunk(writer, {**self.delta(created, {}, None), "choices": [], "usage": usage})
         data = b"data: [DONE]\n\n"
         writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))

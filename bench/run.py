@@ -31,14 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 from redis.asyncio import Redis
 
 from bench.load import Client, LoadRun, TurnResult, percentile, run_load, upstream_ttft
 from gateway_runtime.fanout import FanoutKeys
 from gateway_runtime.settings import CommonSettings
-from tests.conftest import _delete_topics
-from tests.mesh import ROOT, WORKERS, Mesh, free_port, mesh_env
+from tests.mesh import ROOT, Mesh, delete_topics, mesh_env, start_fake_upstream, start_mesh
 
 log = logging.getLogger("bench")
 
@@ -162,41 +160,6 @@ class CpuProbe:
 
 
 # ---- the stack ------------------------------------------------------------------------
-
-
-def start_fake_upstream(log_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    log_file = open(log_dir / "fake_upstream.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.fake_upstream", "--port", str(port)],
-        cwd=ROOT,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).raise_for_status()
-            return proc, port
-        except httpx.HTTPError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise
-            time.sleep(0.05)
-
-
-async def start_mesh(mesh: Mesh) -> None:
-    provision = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway_runtime.provision", cwd=ROOT, env=mesh.env
-    )
-    if await provision.wait() != 0:
-        raise RuntimeError("provisioning failed (is the infrastructure up? make infra)")
-    mesh.start("ingress")
-    for worker in WORKERS:
-        mesh.start(worker)
-    await mesh.wait_healthy()
-    for stage in ("policy", "context", "llm", "persistence"):
-        await mesh.wait_group_members(stage)
 
 
 async def use_transport(mesh: Mesh, transport: str) -> None:
@@ -508,10 +471,11 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
         "load_generator": "raw asyncio HTTP/1.1 client (bench/load.py), uvloop if present",
         "transports": [],
     }
-    fake, port = start_fake_upstream(log_dir)
+    fake, fake_url = start_fake_upstream(log_dir)
+    port = int(fake_url.rsplit(":", 1)[1])
     env = mesh_env(
         namespace,
-        f"http://127.0.0.1:{port}/v1",
+        fake_url + "/v1",
         settings,
         LLM_TRANSPORT=transports[0],
         LOG_LEVEL=args.log_level,
@@ -561,7 +525,7 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
         with contextlib.suppress(subprocess.TimeoutExpired):
             fake.wait(10)
         with contextlib.suppress(Exception):
-            await _delete_topics(settings.kafka_bootstrap_servers, namespace)
+            await delete_topics(settings.kafka_bootstrap_servers, namespace)
         with contextlib.suppress(Exception):
             await drop_profiles(settings.postgres_dsn, namespace)
         with contextlib.suppress(Exception):

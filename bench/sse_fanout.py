@@ -62,12 +62,9 @@ from bench.run import (
     drop_bench_keys,
     drop_profiles,
     machine_info,
-    start_fake_upstream,
-    start_mesh,
 )
 from gateway_runtime.settings import CommonSettings
-from tests.conftest import _delete_topics
-from tests.mesh import ROOT, Mesh, mesh_env
+from tests.mesh import ROOT, Mesh, delete_topics, mesh_env, start_fake_upstream, start_mesh
 
 log = logging.getLogger("bench.sse_fanout")
 
@@ -798,10 +795,10 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
         "options": {k: v for k, v in vars(args).items() if k != "traced_ingress"},
         "levels": [],
     }
-    fake, port = start_fake_upstream(log_dir)
+    fake, fake_url = start_fake_upstream(log_dir)
     env = mesh_env(
         namespace,
-        f"http://127.0.0.1:{port}/v1",
+        fake_url + "/v1",
         settings,
         LOG_LEVEL=args.log_level,
         SSE_KEEPALIVE_S=str(args.keepalive_s),
@@ -850,7 +847,7 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
         with contextlib.suppress(subprocess.TimeoutExpired):
             fake.wait(10)
         with contextlib.suppress(Exception):
-            await _delete_topics(settings.kafka_bootstrap_servers, namespace)
+            await delete_topics(settings.kafka_bootstrap_servers, namespace)
         with contextlib.suppress(Exception):
             await drop_profiles(settings.postgres_dsn, namespace)
         with contextlib.suppress(Exception):

@@ -150,3 +150,55 @@ def mesh_env(
     )
     env.update(extra)
     return env
+
+
+def start_fake_upstream(log_dir: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """The fake OpenAI-compatible upstream on a free port: its process and base URL."""
+    port = free_port()
+    out = open(log_dir / "fake_upstream.log", "ab") if log_dir else None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.fake_upstream", "--port", str(port)],
+        cwd=ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.get(url + "/v1/models", timeout=1).raise_for_status()
+            return proc, url
+        except httpx.HTTPError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+
+
+async def start_mesh(mesh: Mesh) -> None:
+    """Provision the mesh's namespace, start the ingress and every worker, wait for them."""
+    provision = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway_runtime.provision", cwd=ROOT, env=mesh.env
+    )
+    if await provision.wait() != 0:
+        raise RuntimeError("provisioning failed (is the infrastructure up? make infra)")
+    mesh.start("ingress")
+    for worker in WORKERS:
+        mesh.start(worker)
+    await mesh.wait_healthy()
+    for stage in ("policy", "context", "llm", "persistence"):
+        await mesh.wait_group_members(stage)
+
+
+async def delete_topics(bootstrap: str, namespace: str) -> None:
+    """Every topic of a namespace, once its mesh has stopped."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(namespace + ".")]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()

@@ -20,8 +20,7 @@ import httpx
 import pytest
 
 from gateway_runtime.settings import CommonSettings
-from tests.conftest import _delete_topics
-from tests.mesh import ROOT, WORKERS, Mesh, free_port, mesh_env
+from tests.mesh import ROOT, WORKERS, Mesh, delete_topics, free_port, mesh_env
 
 JWT_SECRET = "test-secret-" + "x" * 32
 OPENFGA_CACHE_TTL_S = 4.0
@@ -126,7 +125,7 @@ async def auth_mesh(fake_llm: str, settings: CommonSettings) -> AsyncIterator[Au
     finally:
         replica.stop_all()
         mesh.stop_all()
-        await _delete_topics(settings.kafka_bootstrap_servers, namespace)
+        await delete_topics(settings.kafka_bootstrap_servers, namespace)
         print(f"auth mesh logs: {work}")
 
 
