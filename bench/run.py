@@ -206,6 +206,26 @@ async def count_stored(dsn: str, turn_ids: list[str], timeout_s: float = 60) -> 
         await conn.close()
 
 
+async def tear_down(
+    settings: CommonSettings, mesh: Mesh, fake: subprocess.Popen[bytes], turn_ids: list[str]
+) -> int | None:
+    """Stop the mesh and the fake, and drop what the run left in the shared stores.
+
+    Returns how many Redis keys were dropped (None if that failed)."""
+    namespace = mesh.env["KAFKA_NAMESPACE"]
+    mesh.stop_all()
+    fake.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        fake.wait(10)
+    with contextlib.suppress(Exception):
+        await delete_topics(settings.kafka_bootstrap_servers, namespace)
+    with contextlib.suppress(Exception):
+        await drop_profiles(settings.postgres_dsn, namespace)
+    with contextlib.suppress(Exception):
+        return await drop_bench_keys(settings.redis_url, namespace, turn_ids)
+    return None
+
+
 async def drop_profiles(dsn: str, deployment_mode: str) -> None:
     """The model profiles the context stage created for this run's deployment mode."""
     conn = await asyncpg.connect(dsn)
@@ -520,18 +540,7 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
             report["transports"].append(await run_transport(bench, transport, scenarios))
     finally:
         await client.close()
-        mesh.stop_all()
-        fake.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            fake.wait(10)
-        with contextlib.suppress(Exception):
-            await delete_topics(settings.kafka_bootstrap_servers, namespace)
-        with contextlib.suppress(Exception):
-            await drop_profiles(settings.postgres_dsn, namespace)
-        with contextlib.suppress(Exception):
-            report["redis_keys_dropped"] = await drop_bench_keys(
-                settings.redis_url, namespace, turn_ids
-            )
+        report["redis_keys_dropped"] = await tear_down(settings, mesh, fake, turn_ids)
     report["wall_s"] = time.monotonic() - started
     return report
 

@@ -58,13 +58,9 @@ import httpx
 from redis.asyncio import Redis
 
 from bench.load import Client, pct_dict
-from bench.run import (
-    drop_bench_keys,
-    drop_profiles,
-    machine_info,
-)
+from bench.run import machine_info, tear_down
 from gateway_runtime.settings import CommonSettings
-from tests.mesh import ROOT, Mesh, delete_topics, mesh_env, start_fake_upstream, start_mesh
+from tests.mesh import ROOT, Mesh, mesh_env, start_fake_upstream, start_mesh
 
 log = logging.getLogger("bench.sse_fanout")
 
@@ -842,18 +838,7 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
             s.close()
         await run.poster.close()
         await http.aclose()
-        mesh.stop_all()
-        fake.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            fake.wait(10)
-        with contextlib.suppress(Exception):
-            await delete_topics(settings.kafka_bootstrap_servers, namespace)
-        with contextlib.suppress(Exception):
-            await drop_profiles(settings.postgres_dsn, namespace)
-        with contextlib.suppress(Exception):
-            report["redis_keys_dropped"] = await drop_bench_keys(
-                settings.redis_url, namespace, run.turn_ids
-            )
+        report["redis_keys_dropped"] = await tear_down(settings, mesh, fake, run.turn_ids)
         await redis.aclose()
     report["wall_s"] = time.monotonic() - started
     return report

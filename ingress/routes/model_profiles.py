@@ -7,6 +7,7 @@ needs `turns`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Response
@@ -58,33 +59,13 @@ def _stored(role: str, mode: str, body: ProfileBody) -> StoredProfile:
             422,
             detail={"code": "invalid_request", "message": "a profile cannot fall back to itself"},
         )
-    return StoredProfile(
-        role=role,
-        deployment_mode=mode,
-        model=body.model,
-        base_url=str(body.base_url).rstrip("/") if body.base_url else None,
-        api_path=body.api_path,
-        temperature=body.temperature,
-        max_tokens=body.max_tokens,
-        kwargs=body.kwargs,
-        fallbacks=body.fallbacks,
-        cost_per_1k_tokens=body.cost_per_1k_tokens,
-    )
+    fields = body.model_dump(include=set(ProfileBody.model_fields))
+    fields["base_url"] = str(body.base_url).rstrip("/") if body.base_url else None
+    return StoredProfile(role=role, deployment_mode=mode, **fields)
 
 
-def _out(p: StoredProfile) -> ProfileOut:
-    return ProfileOut(
-        role=p.role,
-        deployment_mode=p.deployment_mode,
-        model=p.model,
-        base_url=p.base_url,
-        api_path=p.api_path,
-        temperature=p.temperature,
-        max_tokens=p.max_tokens,
-        kwargs=p.kwargs,
-        fallbacks=p.fallbacks,
-        cost_per_1k_tokens=p.cost_per_1k_tokens,
-    )
+def _out(profile: StoredProfile) -> ProfileOut:
+    return ProfileOut.model_validate(dataclasses.asdict(profile))
 
 
 @router.get("", response_model=list[ProfileOut])

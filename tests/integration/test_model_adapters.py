@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import httpx
 import pytest
 
 from llm_worker.model import ChatModel, Chunk, ProviderError, ToolSpecs
-from llm_worker.openai_http import OpenAIHttpModel
 from llm_worker.transport import AutoModel, openai_compatible
 from schemas.events import ChatMessage, ModelProfile
 
 MESSAGES = [ChatMessage("user", "hi")]
-
-
-@pytest.fixture(params=["http", "litellm"])
-async def adapter(request: pytest.FixtureRequest) -> AsyncIterator[ChatModel]:
-    async with httpx.AsyncClient(timeout=10) as http:
-        if request.param == "http":
-            yield OpenAIHttpModel(http)
-        else:
-            from llm_worker.litellm_model import LiteLLMModel
-
-            yield LiteLLMModel(timeout_s=10)
 
 
 async def collect(model: ChatModel, profile: ModelProfile) -> list[Chunk]:

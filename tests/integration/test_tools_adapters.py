@@ -3,28 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-
-import httpx
-import pytest
 
 from llm_worker.model import ChatModel, Chunk
-from llm_worker.openai_http import OpenAIHttpModel
 from schemas.events import ChatMessage, ModelProfile, ToolCall
 from schemas.tools import load_definitions
 
 TOOLS = [d.openai() for d in load_definitions().values()]
-
-
-@pytest.fixture(params=["http", "litellm"])
-async def adapter(request: pytest.FixtureRequest) -> AsyncIterator[ChatModel]:
-    async with httpx.AsyncClient(timeout=10) as http:
-        if request.param == "http":
-            yield OpenAIHttpModel(http)
-        else:
-            from llm_worker.litellm_model import LiteLLMModel
-
-            yield LiteLLMModel(timeout_s=10)
 
 
 async def collect(

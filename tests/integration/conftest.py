@@ -1,0 +1,23 @@
+"""Fixtures of the integration tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from llm_worker.model import ChatModel
+from llm_worker.openai_http import OpenAIHttpModel
+
+
+@pytest.fixture(params=["http", "litellm"])
+async def adapter(request: pytest.FixtureRequest) -> AsyncIterator[ChatModel]:
+    """Each model adapter in turn: the lean httpx client and LiteLLM."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        if request.param == "http":
+            yield OpenAIHttpModel(http)
+        else:
+            from llm_worker.litellm_model import LiteLLMModel
+
+            yield LiteLLMModel(timeout_s=10)
