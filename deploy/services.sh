@@ -21,7 +21,7 @@ start() {
     fail_with_log provision "creating the bootstrap admin key failed"
   # Workers serve /metrics on WORKER_METRICS_PORT_BASE+1.. in SERVICES order (the ingress
   # serves its own on the API port); many SSE clients need many open files.
-  ulimit -n 65536 2>/dev/null || log "could not raise the open-files limit: $(ulimit -n)"
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   local i port
   for i in "${!SERVICES[@]}"; do
     name=${SERVICES[i]}
