@@ -8,6 +8,7 @@ turns + admin + operator) and written there. Prints the secret on stdout.
 from __future__ import annotations
 
 import asyncio
+import sys
 import contextlib
 import hmac
 import logging
@@ -91,4 +92,4 @@ async def bootstrap(settings: BootstrapSettings) -> str:
 if __name__ == "__main__":
     settings = BootstrapSettings()
     configure_logging(settings.service_name, "WARNING")
-    print(asyncio.run(bootstrap(settings)))
+    sys.stdout.write(asyncio.run(bootstrap(settings)) + "\n")  # the secret is the output
