@@ -8,12 +8,12 @@ turns + admin + operator) and written there. Prints the secret on stdout.
 from __future__ import annotations
 
 import asyncio
-import sys
 import contextlib
 import hmac
 import logging
 import os
 import secrets
+import sys
 from pathlib import Path
 
 import asyncpg
