@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -545,6 +545,18 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def run_bench(main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Run a benchmark's main on uvloop when it is there, with its progress on stderr."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        import uvloop
+
+        return uvloop.run(main)
+    except ImportError:
+        return asyncio.run(main)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs (~2 minutes)")
@@ -555,14 +567,7 @@ def main() -> None:
     parser.add_argument("--log-level", default="INFO", help="the mesh's LOG_LEVEL")
     parser.add_argument("--report", type=Path, default=REPORTS / "latest.json")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    try:
-        import uvloop
-
-        report = uvloop.run(bench_main(args))
-    except ImportError:
-        report = asyncio.run(bench_main(args))
+    report = run_bench(bench_main(args))
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(report, indent=2, default=str) + "\n")
     sys.stdout.write(render(report) + f"\nreport: {args.report}\n")

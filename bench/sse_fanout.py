@@ -58,7 +58,7 @@ import httpx
 from redis.asyncio import Redis
 
 from bench.load import Client, pct_dict
-from bench.run import machine_info, tear_down
+from bench.run import machine_info, run_bench, tear_down
 from gateway_runtime.settings import CommonSettings
 from tests.mesh import ROOT, Mesh, mesh_env, start_fake_upstream, start_mesh
 
@@ -862,14 +862,7 @@ def main() -> None:
     if args.traced_ingress:
         traced_ingress(args.traced_ingress)
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    try:
-        import uvloop
-
-        report = uvloop.run(bench_main(args))
-    except ImportError:
-        report = asyncio.run(bench_main(args))
+    report = run_bench(bench_main(args))
     args.report.parent.mkdir(parents=True, exist_ok=True)
     saved = report
     if args.profile and args.report.exists():

@@ -67,3 +67,18 @@ async def wait_stored(dsn: str, turn_id: str, timeout: float = 20) -> tuple[int,
         while (rows := await stored_rows(dsn, turn_id)) == (0, 0):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
     return rows
+
+
+async def stored_messages(
+    dsn: str, *, session_id: str | None = None, turn_id: str | None = None
+) -> list[tuple[str, str]]:
+    """(role, content) of the stored transcript of a session or of one turn, in order."""
+    column, value = ("session_id", session_id) if session_id else ("turn_id", turn_id)
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            f"SELECT role, content FROM messages WHERE {column} = $1 ORDER BY id", value
+        )
+    finally:
+        await conn.close()
+    return [(r["role"], r["content"]) for r in rows]

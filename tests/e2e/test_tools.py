@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncpg
 import httpx
 import pytest
 
 from gateway_runtime.settings import CommonSettings
 from tests.mesh import Mesh
-from tests.turns import profile, turn, wait_stored
+from tests.turns import profile, stored_messages, turn, wait_stored
 
 
 @pytest.fixture
@@ -50,14 +49,7 @@ async def test_a_tool_call_streams_runs_and_feeds_the_answer_which_is_stored_onc
 
     turn_id = events[-1].turn_id
     assert await wait_stored(settings.postgres_dsn, turn_id) == (1, 2)
-    conn = await asyncpg.connect(settings.postgres_dsn)
-    try:
-        rows = await conn.fetch(
-            "SELECT role, content FROM messages WHERE turn_id = $1 ORDER BY id", turn_id
-        )
-    finally:
-        await conn.close()
-    assert [(r["role"], r["content"]) for r in rows] == [
+    assert await stored_messages(settings.postgres_dsn, turn_id=turn_id) == [
         ("user", "what is 6*7?"),
         ("assistant", final["text"]),
     ]

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import asyncpg
 import httpx
 
 from gateway_runtime.settings import CommonSettings
 from tests.sse import SseEvent, read_events
-from tests.turns import ends_turn, wait_stored
+from tests.turns import ends_turn, stored_messages, wait_stored
 
 
 async def test_a_turn_streams_deltas_then_the_final_answer_and_is_stored_once(
@@ -39,14 +38,7 @@ async def test_a_turn_streams_deltas_then_the_final_answer_and_is_stored_once(
     assert len(set(ids)) == len(ids)
 
     assert await wait_stored(settings.postgres_dsn, turn_id) == (1, 2)
-    conn = await asyncpg.connect(settings.postgres_dsn)
-    try:
-        rows = await conn.fetch(
-            "SELECT role, content FROM messages WHERE session_id = $1 ORDER BY id", session_id
-        )
-    finally:
-        await conn.close()
-    assert [(r["role"], r["content"]) for r in rows] == [
+    assert await stored_messages(settings.postgres_dsn, session_id=session_id) == [
         ("user", "hello there"),
         ("assistant", final["text"]),
     ]
@@ -90,11 +82,5 @@ async def test_a_session_action_runs_as_a_turn_over_the_transcript(
     events = await read_events(client, f"/v1/session/{session_id}/events", ends_turn(action_id))
     assert events[-1].type == "assistant.final"
     assert await wait_stored(settings.postgres_dsn, action_id) == (1, 2)
-    conn = await asyncpg.connect(settings.postgres_dsn)
-    try:
-        stored = await conn.fetchval(
-            "SELECT content FROM messages WHERE turn_id = $1 AND role = 'user'", action_id
-        )
-    finally:
-        await conn.close()
-    assert stored == "[action] summarize"
+    stored = await stored_messages(settings.postgres_dsn, turn_id=action_id)
+    assert stored[0] == ("user", "[action] summarize")
