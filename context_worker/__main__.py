@@ -34,7 +34,7 @@ async def main(settings: ContextSettings, stop: asyncio.Event) -> None:
             httpx.AsyncClient(timeout=5.0) as http,
             redis_client(settings.redis_url) as redis,
         ):
-            fanout = fanout_publisher(redis, settings)
+            fanout = fanout_publisher(redis, settings, pool)
             handler = ContextHandler(
                 topics=Topics.for_namespace(settings.kafka_namespace),
                 transcript=PostgresTranscript(pool),

@@ -127,9 +127,7 @@ class DeploymentHealth:
 
     async def _record(self, name: str, *, failed: bool, ttft_ms: float) -> None:
         try:
-            await self._stats(
-                keys=[STATS_PREFIX + name], args=[self._alpha, int(failed), ttft_ms]
-            )
+            await self._stats(keys=[STATS_PREFIX + name], args=[self._alpha, int(failed), ttft_ms])
         except RedisError as exc:
             raise DependencyUnavailable(f"deployment stats unavailable: {exc!r}") from exc
 

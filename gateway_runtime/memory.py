@@ -90,8 +90,13 @@ class SomaBrainMemory:
     async def remember(
         self, tenant: str, principal: str, session_id: str, turn_id: str, content: str
     ) -> None:
-        body = {"tenant": tenant, "principal": principal, "session_id": session_id,
-                "id": turn_id, "content": content}
+        body = {
+            "tenant": tenant,
+            "principal": principal,
+            "session_id": session_id,
+            "id": turn_id,
+            "content": content,
+        }
         try:
             response = await self._client.post(self._base + "/remember", json=body)
             response.raise_for_status()

@@ -13,6 +13,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import asyncpg
 from redis.asyncio import Redis
 
 from gateway_runtime.event_log import PostgresEventLog
@@ -38,10 +39,10 @@ async def redis_client(url: str) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-def fanout_publisher(
-    redis: Redis, settings: CommonSettings, fallback: PostgresEventLog | None = None
-) -> FanoutPublisher:
-    return FanoutPublisher.from_settings(redis, settings, fallback)
+def fanout_publisher(redis: Redis, settings: CommonSettings, pool: asyncpg.Pool) -> FanoutPublisher:
+    """A stage's fan-out publisher: while Redis is down, events go to the Postgres log, so
+    a client still learns of its turn (accepted, denied, answered, failed)."""
+    return FanoutPublisher.from_settings(redis, settings, PostgresEventLog(pool))
 
 
 async def serve_stage(

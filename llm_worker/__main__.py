@@ -7,7 +7,6 @@ import asyncio
 import httpx
 
 from gateway_runtime.deployments import DeploymentHealth
-from gateway_runtime.event_log import PostgresEventLog
 from gateway_runtime.postgres import create_pool
 from gateway_runtime.tenants import TenantDirectory
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
@@ -38,10 +37,11 @@ async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
     limits = httpx.Limits(max_connections=settings.max_in_flight, max_keepalive_connections=64)
     pool = await create_pool(settings.postgres_dsn, max_size=4)
     try:
-        async with httpx.AsyncClient(timeout=timeout, limits=limits) as http, redis_client(
-            settings.redis_url
-        ) as redis:
-            fanout = fanout_publisher(redis, settings, PostgresEventLog(pool))
+        async with (
+            httpx.AsyncClient(timeout=timeout, limits=limits) as http,
+            redis_client(settings.redis_url) as redis,
+        ):
+            fanout = fanout_publisher(redis, settings, pool)
             health = DeploymentHealth(
                 redis,
                 threshold=settings.breaker_failure_threshold,

@@ -96,7 +96,9 @@ class LLMHandler:
             if replayed is not None:  # the client already has the outcome: repeat it, not the call
                 return [replayed]
             await self.fanout.publish(
-                sid, tid, "turn.retrying",
+                sid,
+                tid,
+                "turn.retrying",
                 {"reason": "an earlier attempt was interrupted; discard its partial output"},
             )
         tools = self.tools.for_turn(event) if self.tools else []
@@ -116,8 +118,12 @@ class LLMHandler:
             sid,
             tid,
             "assistant.final",
-            {"text": answer.text, "model": answer.model, "fallback": answer.fallback,
-             "usage": asdict(usage)},
+            {
+                "text": answer.text,
+                "model": answer.model,
+                "fallback": answer.fallback,
+                "usage": asdict(usage),
+            },
             once_key=_once(tid),
         )
         return [self._completed(event, "completed", answer.text, usage, None, answer.model)]
@@ -157,9 +163,7 @@ class LLMHandler:
             return self._replay(event, ended)
         requested = await self.fanout.recorded(tool_call_once_key(event))
         if requested is not None:
-            return Output(
-                self.topics.tool_requested.name, tool_requested(event, requested["data"])
-            )
+            return Output(self.topics.tool_requested.name, tool_requested(event, requested["data"]))
         return None
 
     def _replay(self, event: TurnContextualized, ended: dict[str, Any]) -> Output:

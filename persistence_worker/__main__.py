@@ -29,7 +29,9 @@ async def main(settings: PersistenceSettings, stop: asyncio.Event) -> None:
                 budgets=RedisBudgetLedger(redis),
                 memory=open_memory(settings.somabrain_url, pool, http),
             )
-            await serve_stage(handler, settings, stop, fanout=fanout_publisher(redis, settings))
+            await serve_stage(
+                handler, settings, stop, fanout=fanout_publisher(redis, settings, pool)
+            )
     finally:
         await pool.close()
 

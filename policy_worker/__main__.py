@@ -9,6 +9,7 @@ import httpx
 from gateway_runtime.authz import FgaAuthorizer
 from gateway_runtime.budget import RedisBudgetLedger
 from gateway_runtime.opa import OpaClient
+from gateway_runtime.postgres import create_pool
 from gateway_runtime.tenants import TenantDirectory
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
 from policy_worker.handler import PolicyHandler
@@ -19,12 +20,13 @@ from schemas.topics import Topics
 async def main(settings: PolicySettings, stop: asyncio.Event) -> None:
     limits = httpx.Limits(max_connections=settings.max_in_flight, max_keepalive_connections=32)
     authorizer = FgaAuthorizer(settings)
+    pool = await create_pool(settings.postgres_dsn, max_size=2)  # the fan-out's fallback log
     try:
         async with (
             redis_client(settings.redis_url) as redis,
             httpx.AsyncClient(limits=limits) as http,
         ):
-            fanout = fanout_publisher(redis, settings)
+            fanout = fanout_publisher(redis, settings, pool)
             handler = PolicyHandler(
                 topics=Topics.for_namespace(settings.kafka_namespace),
                 fanout=fanout,
@@ -37,6 +39,7 @@ async def main(settings: PolicySettings, stop: asyncio.Event) -> None:
             await serve_stage(handler, settings, stop, fanout=fanout)
     finally:
         await authorizer.close()
+        await pool.close()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway_runtime.event_log import PostgresEventLog
 from gateway_runtime.postgres import create_pool
 from gateway_runtime.tenants import TenantDirectory
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
@@ -20,7 +19,7 @@ async def main(settings: ToolSettings, stop: asyncio.Event) -> None:
     try:
         async with redis_client(settings.redis_url) as redis:
             # Like the LLM stage: while Redis is down, tool results go to the Postgres log.
-            fanout = fanout_publisher(redis, settings, PostgresEventLog(pool))
+            fanout = fanout_publisher(redis, settings, pool)
             handler = ToolDispatcher(
                 topics=Topics.for_namespace(settings.kafka_namespace),
                 registry=ToolRegistry(BUILTIN_TOOLS),
