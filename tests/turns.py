@@ -55,9 +55,13 @@ async def stored_rows(dsn: str, turn_id: str) -> tuple[int, int]:
     """(turn rows, message rows) stored for a turn."""
     conn = await asyncpg.connect(dsn)
     try:
-        turns = await conn.fetchval("SELECT count(*) FROM turns WHERE turn_id = $1", turn_id)
-        messages = await conn.fetchval("SELECT count(*) FROM messages WHERE turn_id = $1", turn_id)
-        return int(turns), int(messages)
+        # One statement, one snapshot: the rows of a turn are written in one transaction.
+        row = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM turns WHERE turn_id = $1) AS turns,"
+            " (SELECT count(*) FROM messages WHERE turn_id = $1) AS messages",
+            turn_id,
+        )
+        return int(row["turns"]), int(row["messages"])
     finally:
         await conn.close()
 
