@@ -7,6 +7,7 @@ fake OpenAI-compatible upstream on loopback.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,11 +18,23 @@ import pytest
 
 from gateway_runtime.settings import CommonSettings
 from tests.mesh import Mesh, delete_topics, mesh_env, start_fake_upstream, start_mesh
+from tests.stack_guard import snapshot
 
 
 @pytest.fixture(scope="session")
 def settings() -> CommonSettings:
     return CommonSettings()
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def running_stack_untouched(settings: CommonSettings) -> AsyncIterator[None]:
+    """The stack `make up` runs here is exactly as it was once the suite is done."""
+    soma_home = Path(os.environ.get("SOMA_HOME", Path.home() / ".cache" / "soma-gateway"))
+    before = await snapshot(settings, soma_home)
+    yield
+    after = await snapshot(settings, soma_home)
+    changed = before.differences(after)
+    assert not changed, "the suite changed the running stack:\n" + "\n".join(changed)
 
 
 @pytest.fixture(scope="session")
