@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Native local stack: deploy/infra.sh start|stop|status [component...]
 # Components (start order): postgres redis kafka openfga opa llm. Addresses come from deploy/stack.env.
+# OpenFGA keeps its store in the Postgres database OPENFGA_DATABASE (default openfga): a
+# second instance (the tests' own) points it at a database of its own.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -16,7 +18,8 @@ LLM_ADDR=127.0.0.1:$LOCAL_LLM_PORT
 [[ $POSTGRES_DSN =~ ^postgres(ql)?://([^:@/]+):([^@/]*)@[^/]+/([^?]+) ]] ||
   die "cannot parse POSTGRES_DSN=$POSTGRES_DSN (want postgresql://user:pass@host:port/db)"
 PG_USER=${BASH_REMATCH[2]} PG_PASS=${BASH_REMATCH[3]} PG_DB=${BASH_REMATCH[4]}
-FGA_DATASTORE="postgres://$PG_USER:$PG_PASS@127.0.0.1:$POSTGRES_PORT/openfga?sslmode=disable"
+OPENFGA_DATABASE=${OPENFGA_DATABASE:-openfga}
+FGA_DATASTORE="postgres://$PG_USER:$PG_PASS@127.0.0.1:$POSTGRES_PORT/$OPENFGA_DATABASE?sslmode=disable"
 
 addr() {
   case $1 in
@@ -63,13 +66,18 @@ start_postgres() {
   fi
   # Settings are passed at each start so a changed POSTGRES_PORT takes effect.
   as_postgres "$PG_BIN/pg_ctl" start -D "$PG_DATA" -l "$LOG_DIR/postgres.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $POSTGRES_PORT -c unix_socket_directories=$PG_SOCK -c max_connections=200" \
+    -o "-c listen_addresses=127.0.0.1 -p $POSTGRES_PORT -c unix_socket_directories=$PG_SOCK -c max_connections=300" \
     >/dev/null || fail_with_log postgres "postgres did not start"
-  # Idempotent provisioning of the app role/database and OpenFGA's database.
+  provision_postgres
+}
+
+# Idempotent, at every start (also of a server already running): the app role, its
+# database and OpenFGA's. The role may create databases: each test mesh gets one of its own.
+provision_postgres() {
   as_postgres "$PG_BIN/psql" -h "$PG_SOCK" -p "$POSTGRES_PORT" -U postgres -d postgres -qAtX \
     -v ON_ERROR_STOP=1 -v user="$PG_USER" -v pass="$PG_PASS" -v db="$PG_DB" >/dev/null <<'SQL' ||
 SELECT format('CREATE ROLE %I LOGIN', :'user') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'user') \gexec
-SELECT format('ALTER ROLE %I PASSWORD %L', :'user', :'pass') \gexec
+SELECT format('ALTER ROLE %I CREATEDB PASSWORD %L', :'user', :'pass') \gexec
 SELECT format('CREATE DATABASE %I OWNER %I', d, :'user') FROM unnest(ARRAY[:'db', 'openfga']) AS d
   WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = d) \gexec
 SQL
@@ -103,10 +111,11 @@ start_kafka() {
 
 start_openfga() {
   [[ -x $OPENFGA_BIN ]] || die "$OPENFGA_BIN missing: run deploy/install.sh"
-  running postgres || die "openfga needs postgres: start it first"
-  "$OPENFGA_BIN" migrate --datastore-engine postgres --datastore-uri "$FGA_DATASTORE" \
-    >>"$LOG_DIR/openfga.log" 2>&1 || fail_with_log openfga "openfga migrate failed"
-  start_daemon openfga "$OPENFGA_BIN" run --datastore-engine postgres --datastore-uri "$FGA_DATASTORE" \
+  port_open 127.0.0.1 "$POSTGRES_PORT" || die "openfga needs postgres: start it first"
+  local store=(--datastore-engine postgres --datastore-uri "$FGA_DATASTORE")
+  "$OPENFGA_BIN" migrate "${store[@]}" >>"$LOG_DIR/openfga.log" 2>&1 ||
+    fail_with_log openfga "openfga migrate failed"
+  start_daemon openfga "$OPENFGA_BIN" run "${store[@]}" \
     --http-addr "$FGA_ADDR" --grpc-addr "127.0.0.1:$OPENFGA_GRPC_PORT" \
     --playground-enabled=false --metrics-enabled=false --log-format json
   wait_ready openfga 30 bash -c "curl -fsS http://$FGA_ADDR/healthz | grep -q SERVING" ||
@@ -129,7 +138,10 @@ start_llm() {
 start() {
   local c t0 a
   for c in "$@"; do
-    if running "$c"; then continue; fi
+    if running "$c"; then
+      [[ $c != postgres ]] || provision_postgres
+      continue
+    fi
     # A foreign process on our port would answer the readiness probe in our place.
     a=$(addr "$c")
     ! port_open "${a%:*}" "${a##*:}" || die "$c: $a is already in use by another process"

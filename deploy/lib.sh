@@ -6,8 +6,10 @@ REPO_DIR=$(dirname "$DEPLOY_DIR")
 SOMA_HOME=${SOMA_HOME:-$HOME/.cache/soma-gateway}
 export SOMA_HOME
 VENV=$SOMA_HOME/venv
-LOG_DIR=$SOMA_HOME/logs
-STATE_DIR=$SOMA_HOME/state
+# A second set of instances (the tests' own Redis, OpenFGA, OPA) lives in a directory of
+# its own: SOMA_STATE_DIR and SOMA_LOG_DIR point there, with other ports in the environment.
+LOG_DIR=${SOMA_LOG_DIR:-$SOMA_HOME/logs}
+STATE_DIR=${SOMA_STATE_DIR:-$SOMA_HOME/state}
 mkdir -p "$LOG_DIR" "$STATE_DIR"
 
 # Pinned tool versions. Kafka's lives in its pom so Maven and the scripts agree.

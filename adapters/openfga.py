@@ -1,0 +1,185 @@
+"""Relationship-based authorization through OpenFGA (openfga-sdk): the one adapter.
+
+The model is `deploy/openfga/model.json` (users, tenants, sessions; see docs/security.md),
+loaded into the store named OPENFGA_STORE_NAME by `python -m gateway_runtime.provision`.
+Processes find the store by name and use its latest model, lazily, so they start even
+while OpenFGA is down.
+
+Every decision is remembered with its time. While OpenFGA cannot be reached, a decision
+younger than OPENFGA_CACHE_TTL_S is used again; past that the check fails closed with
+`AuthzUnavailable`. A reachable OpenFGA is always asked: a cached "yes" never outlives a
+revoked relation while the server is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import urllib.parse
+from collections import OrderedDict
+from collections.abc import Iterable
+
+import aiohttp
+from openfga_sdk.client import ClientConfiguration, OpenFgaClient
+from openfga_sdk.client.models import ClientCheckRequest, ClientTuple, ClientWriteRequest
+from openfga_sdk.client.models.write_conflict_opts import (
+    ClientWriteRequestOnDuplicateWrites,
+    ClientWriteRequestOnMissingDeletes,
+    ConflictOptions,
+)
+from openfga_sdk.configuration import RetryParams
+from openfga_sdk.exceptions import ApiException, FgaValidationException
+
+from gateway_runtime.errors import AuthzUnavailable, PermanentError
+from gateway_runtime.settings import OpenFgaSettings
+
+log = logging.getLogger(__name__)
+
+Relation = tuple[str, str, str]  # (user, relation, object)
+
+
+def fga_id(text: str) -> str:
+    """An OpenFGA object id for any text (':', '#' and spaces are not allowed in ids)."""
+    return urllib.parse.quote(text, safe="._-~@|/")
+
+
+def user(subject: str) -> str:
+    return "user:" + fga_id(subject)
+
+
+def tenant(name: str) -> str:
+    return "tenant:" + fga_id(name)
+
+
+def session(session_id: str) -> str:
+    return "session:" + fga_id(session_id)
+
+
+_UNREACHABLE = (ApiException, aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+class FgaAuthorizer:
+    """Checks and writes relations; one per process, built at start-up."""
+
+    def __init__(self, settings: OpenFgaSettings, *, max_cached: int = 100_000) -> None:
+        self._settings = settings
+        self._client: OpenFgaClient | None = None
+        self._ready = asyncio.Lock()
+        self._decisions: OrderedDict[Relation, tuple[bool, float]] = OrderedDict()
+        self._max_cached = max_cached
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await _close(self._client)
+
+    async def check(self, subject_user: str, relation: str, obj: str) -> bool:
+        key = (subject_user, relation, obj)
+        try:
+            client = await self._connected()
+            response = await client.check(
+                ClientCheckRequest(user=subject_user, relation=relation, object=obj)
+            )
+        except FgaValidationException as exc:
+            raise PermanentError(f"invalid authorization check {key}: {exc}") from exc
+        except _UNREACHABLE as exc:
+            return self._cached(key, exc)
+        allowed = bool(response.allowed)
+        self._remember(key, allowed)
+        return allowed
+
+    async def write(self, relations: Iterable[Relation]) -> None:
+        """Add relations; ones that exist already are fine."""
+        tuples = [ClientTuple(user=u, relation=r, object=o) for u, r, o in relations]
+        conflict = ConflictOptions(on_duplicate_writes=ClientWriteRequestOnDuplicateWrites.IGNORE)
+        await self._write(ClientWriteRequest(writes=tuples), conflict)
+
+    async def delete(self, relations: Iterable[Relation]) -> None:
+        """Remove relations; ones that do not exist are fine."""
+        tuples = [ClientTuple(user=u, relation=r, object=o) for u, r, o in relations]
+        conflict = ConflictOptions(on_missing_deletes=ClientWriteRequestOnMissingDeletes.IGNORE)
+        await self._write(ClientWriteRequest(deletes=tuples), conflict)
+
+    async def _write(self, body: ClientWriteRequest, conflict: ConflictOptions) -> None:
+        try:
+            client = await self._connected()
+            # The SDK annotates options as plain values, yet takes ConflictOptions here.
+            await client.write(body, {"conflict": conflict})  # type: ignore[dict-item]
+        except _UNREACHABLE as exc:
+            raise AuthzUnavailable(f"openfga write failed: {_describe(exc)}") from exc
+
+    def _cached(self, key: Relation, exc: BaseException) -> bool:
+        hit = self._decisions.get(key)
+        age = time.monotonic() - hit[1] if hit else None
+        if hit is not None and age is not None and age <= self._settings.openfga_cache_ttl_s:
+            log.warning("openfga unreachable; using a decision %.1fs old", age)
+            return hit[0]
+        raise AuthzUnavailable(
+            f"authorization service unreachable ({_describe(exc)}) and no decision cached "
+            f"within {self._settings.openfga_cache_ttl_s:g}s"
+        ) from exc
+
+    def _remember(self, key: Relation, allowed: bool) -> None:
+        self._decisions[key] = (allowed, time.monotonic())
+        self._decisions.move_to_end(key)
+        if len(self._decisions) > self._max_cached:
+            self._decisions.popitem(last=False)
+
+    async def _connected(self) -> OpenFgaClient:
+        if self._client is not None:
+            return self._client
+        async with self._ready:
+            if self._client is None:
+                self._client = await connect(self._settings)
+        return self._client
+
+
+def client_configuration(
+    settings: OpenFgaSettings, store_id: str | None = None, model_id: str | None = None
+) -> ClientConfiguration:
+    # No SDK retries: a down server must fail fast so the cached decision or the
+    # fail-closed answer comes at once; the stage loop has its own retry policy.
+    return ClientConfiguration(
+        api_url=settings.openfga_api_url,
+        store_id=store_id,
+        authorization_model_id=model_id,
+        timeout_millisec=int(settings.openfga_timeout_s * 1000),
+        # RetryParams' __init__ is unannotated in openfga-sdk.
+        retry_params=RetryParams(max_retry=0),  # type: ignore[no-untyped-call]
+    )
+
+
+async def find_store(client: OpenFgaClient, name: str) -> str | None:
+    response = await client.list_stores({"name": name})
+    stores = sorted(response.stores or [], key=lambda s: s.created_at)
+    return stores[0].id if stores else None
+
+
+async def connect(settings: OpenFgaSettings) -> OpenFgaClient:
+    """A client bound to the named store and its latest authorization model."""
+    probe = OpenFgaClient(client_configuration(settings))
+    try:
+        store_id = await find_store(probe, settings.openfga_store_name)
+    finally:
+        await _close(probe)
+    if store_id is None:
+        raise AuthzUnavailable(
+            f"openfga store {settings.openfga_store_name!r} not found: "
+            "run `python -m gateway_runtime.provision`"
+        )
+    client = OpenFgaClient(client_configuration(settings, store_id))
+    latest = await client.read_latest_authorization_model()
+    if latest.authorization_model is None:
+        await _close(client)
+        raise AuthzUnavailable(f"openfga store {store_id} has no authorization model")
+    # Unannotated in openfga-sdk.
+    client.set_authorization_model_id(latest.authorization_model.id)  # type: ignore[no-untyped-call]
+    return client
+
+
+async def _close(client: OpenFgaClient) -> None:
+    await client.close()  # type: ignore[no-untyped-call]  # unannotated in openfga-sdk
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
