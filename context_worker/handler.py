@@ -13,15 +13,11 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from context_worker.prompts import ACTION_PROMPTS
 from gateway_runtime.errors import InvalidEvent
-from gateway_runtime.fanout import FanoutPublisher
-from gateway_runtime.memory import Memory
-from gateway_runtime.profiles import CachedProfiles
-from gateway_runtime.stage import Output
-from gateway_runtime.tenants import TenantDirectory
+from gateway_runtime.ports import Fanout, Memory, Output, Profiles, Tenants, Transcript
+from gateway_runtime.tokens import estimate_tokens
 from schemas.events import (
     ChatMessage,
     ErrorInfo,
@@ -36,17 +32,8 @@ from schemas.topics import Topics
 DEFAULT_ROLE = "dialogue"
 
 
-class Transcript(Protocol):
-    async def recent(self, session_id: str, limit: int) -> list[ChatMessage]: ...
-
-
 async def _nothing() -> list[str]:
     return []
-
-
-def estimate_tokens(text: str) -> int:
-    """A cheap upper-ish estimate (about 4 characters a token for English)."""
-    return len(text) // 4 + 1
 
 
 def fit_history(history: list[ChatMessage], budget_tokens: int) -> list[ChatMessage]:
@@ -64,10 +51,10 @@ def fit_history(history: list[ChatMessage], budget_tokens: int) -> list[ChatMess
 class ContextHandler:
     topics: Topics
     transcript: Transcript
-    tenants: TenantDirectory
-    profiles: CachedProfiles
+    tenants: Tenants
+    profiles: Profiles
     memory: Memory
-    fanout: FanoutPublisher
+    fanout: Fanout
     context_window_tokens: int = 2048
     history_limit: int = 50
     recall_limit: int = 3

@@ -1,10 +1,15 @@
 """The error hierarchy of the mesh.
 
     GatewayError
-    ├── RetryableError      a dependency is briefly unavailable: retry with backoff
+    ├── RetryableError        a dependency is briefly unavailable: retry with backoff
     │   └── DependencyUnavailable
-    └── PermanentError      retrying cannot help: the stage loop dead-letters the event
-        └── InvalidEvent
+    │       ├── AuthzUnavailable     OpenFGA unreachable, no cached decision young enough
+    │       └── PolicyUnavailable    OPA unreachable or without the policy
+    ├── PermanentError        retrying cannot help: the stage loop dead-letters the event
+    │   ├── InvalidEvent
+    │   └── PublishRefused    the broker refuses a record for good (too large, ...)
+    └── ProviderError         a model endpoint failed; the LLM stage tells the client
+        └── AllDeploymentsFailed
 
 Adapters translate their library's exceptions into these with `raise ... from exc`.
 Only the ingress maps errors to HTTP; only the stage loop catches everything.
@@ -25,9 +30,39 @@ class DependencyUnavailable(RetryableError):
     """Postgres, Redis, Kafka, OpenFGA, OPA or a model endpoint did not answer."""
 
 
+class AuthzUnavailable(DependencyUnavailable):
+    """OpenFGA did not answer and no cached decision is young enough."""
+
+
+class PolicyUnavailable(DependencyUnavailable):
+    """OPA did not answer, or answered without a decision (policy not loaded)."""
+
+
 class PermanentError(GatewayError):
     """The same input will fail the same way."""
 
 
 class InvalidEvent(PermanentError):
     """An event that decodes but breaks a rule of its contract."""
+
+
+class PublishRefused(PermanentError):
+    """The broker refused a record in a way a retry cannot change (e.g. it is too large)."""
+
+
+class ProviderError(GatewayError):
+    """The model endpoint failed (connect, HTTP error, stream cut); says which and how."""
+
+    def __init__(self, message: str, *, status: int | None = None, mid_stream: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.mid_stream = mid_stream
+
+
+class AllDeploymentsFailed(ProviderError):
+    """Every deployment of a turn (the profile, then its fallbacks) failed or was skipped."""
+
+    def __init__(self, attempts: list[str], last: ProviderError | None) -> None:
+        detail = "; ".join(attempts) or "no deployment configured"
+        super().__init__(detail, status=last.status if last else None)
+        self.attempts = attempts

@@ -45,9 +45,10 @@ class PostgresEventLog:
 
     async def recorded(self, once_key: str) -> str | None:
         try:
-            return await self._pool.fetchval(  # type: ignore[no-any-return]
+            payload: str | None = await self._pool.fetchval(
                 "SELECT payload FROM session_events WHERE once_key = $1", once_key
             )
+            return payload
         except (OSError, asyncpg.PostgresError) as exc:
             raise DependencyUnavailable(f"fallback event log read failed: {exc!r}") from exc
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from redis.asyncio import Redis
@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from gateway_runtime.errors import DependencyUnavailable
 from gateway_runtime.event_log import PostgresEventLog
+from gateway_runtime.redis_keys import RedisKeys
 from gateway_runtime.settings import CommonSettings
 from schemas.events import ErrorInfo
 
@@ -41,45 +42,20 @@ return id
 """
 
 
-@dataclass(frozen=True, slots=True)
-class FanoutKeys:
-    """Redis names of a session's log and live channel, under the mesh's namespace.
-
-    Meshes in different namespaces (KAFKA_NAMESPACE) share a Redis without seeing each
-    other's sessions.
-    """
-
-    namespace: str = "soma"
-
-    def stream(self, session_id: str) -> str:
-        return f"{self.namespace}:events:{session_id}"
-
-    def live(self, session_id: str) -> str:
-        return f"{self.live_prefix}{session_id}"
-
-    @property
-    def live_prefix(self) -> str:
-        return f"{self.namespace}:live:"
-
-    @property
-    def live_pattern(self) -> str:
-        return self.live_prefix + "*"
-
-
 class FanoutPublisher:
-    """Publishes a session's client-visible events; one per process, built at start-up."""
+    """The `Fanout` port: a session's client-visible events; one per process."""
 
     def __init__(
         self,
         redis: Redis,
+        keys: RedisKeys,
         *,
         maxlen: int,
         ttl_s: int,
         fallback: PostgresEventLog | None = None,
-        keys: FanoutKeys | None = None,
     ) -> None:
         self._redis = redis
-        self._keys = keys or FanoutKeys()
+        self._keys = keys
         self._fallback = fallback
         self._maxlen = maxlen
         self._ttl_s = ttl_s
@@ -92,10 +68,10 @@ class FanoutPublisher:
         """The process's publisher; with `fallback`, it survives a Redis outage."""
         return cls(
             redis,
+            RedisKeys(settings.kafka_namespace),
             maxlen=settings.session_stream_maxlen,
             ttl_s=settings.session_stream_ttl_s,
             fallback=fallback,
-            keys=FanoutKeys(settings.kafka_namespace),
         )
 
     async def publish(
@@ -109,8 +85,9 @@ class FanoutPublisher:
     ) -> str | None:
         """Append and publish one event; returns its stream id.
 
-        With `once_key`, the event is published at most once per key (e.g. the final
-        answer of a turn that a crash made run twice); a repeat returns None.
+        With `once_key` (a `RedisKeys` name), the event is published at most once per
+        key (e.g. the final answer of a turn that a crash made run twice); a repeat
+        returns None.
         """
         ts_ms = int(time.time() * 1000)
         payload = json.dumps(

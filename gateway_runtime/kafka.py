@@ -2,22 +2,40 @@
 
 The producer is idempotent with acks=all, so a retried send never duplicates a record in
 the log. Consumers never auto-commit: the stage loop commits only what it has finished.
+`KafkaPublisher` and `GroupConsumer` are the stage loop's ports over aiokafka; they turn
+aiokafka's errors into the mesh's: a record the broker can never take (too large, not
+authorized) is `PublishRefused`, anything else `DependencyUnavailable` (retry later).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 
-from gateway_runtime.errors import DependencyUnavailable
+from gateway_runtime.errors import DependencyUnavailable, PublishRefused
+from gateway_runtime.ports import ConsumedRecord
 from schemas.codec import EncodedEvent
 from schemas.topics import Topic
 
 log = logging.getLogger(__name__)
+_REFUSED_FOR_GOOD = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    TopicAuthorizationFailedError,
+)
 
 
 def make_producer(bootstrap_servers: str, *, client_id: str) -> AIOKafkaProducer:
@@ -47,14 +65,40 @@ def make_consumer(bootstrap_servers: str, *, group_id: str, client_id: str) -> A
     )
 
 
-async def publish(producer: AIOKafkaProducer, topic: str, record: EncodedEvent) -> None:
-    """Send one record and wait for the broker's acknowledgement."""
-    try:
-        await producer.send_and_wait(
-            topic, value=record.value, key=record.key, headers=record.headers
+class KafkaPublisher:
+    """The `Publisher` port: one record, acknowledged by the broker when this returns."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+
+    async def publish(self, topic: str, record: EncodedEvent) -> None:
+        try:
+            await self.producer.send_and_wait(
+                topic, value=record.value, key=record.key, headers=record.headers
+            )
+        except _REFUSED_FOR_GOOD as exc:
+            raise PublishRefused(f"kafka refused a record for {topic}: {exc!r}") from exc
+        except KafkaError as exc:
+            raise DependencyUnavailable(f"kafka publish to {topic} failed: {exc!r}") from exc
+
+
+class GroupConsumer:
+    """The `RecordConsumer` port: a member of a stage's consumer group."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = consumer
+
+    async def getmany(self, *, timeout_ms: int) -> Mapping[Any, Sequence[ConsumedRecord]]:
+        batches: Mapping[Any, Sequence[ConsumedRecord]] = await self.consumer.getmany(
+            timeout_ms=timeout_ms
         )
-    except KafkaError as exc:
-        raise DependencyUnavailable(f"kafka publish to {topic} failed: {exc!r}") from exc
+        return batches
+
+    async def commit(self, offsets: Mapping[Any, int]) -> None:
+        try:
+            await self.consumer.commit(dict(offsets))
+        except KafkaError as exc:  # CommitFailedError (a rebalance) among them
+            raise DependencyUnavailable(f"offset commit failed: {exc!r}") from exc
 
 
 async def ensure_topics(bootstrap_servers: str, topics: Iterable[Topic]) -> list[str]:

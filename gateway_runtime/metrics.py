@@ -17,6 +17,11 @@ STAGE_RETRIES = Counter("soma_stage_retries_total", "Retried handler attempts", 
 DEAD_LETTERS = Counter(
     "soma_dead_letters_total", "Events sent to the dead-letter topic", ["stage", "error_type"]
 )
+DEAD_LETTER_FAILURES = Counter(
+    "soma_dead_letter_failures_total",
+    "Failed tries to write a dead letter (its partition's commits wait meanwhile)",
+    ["stage"],
+)
 
 
 def serve_metrics(port: int) -> None:

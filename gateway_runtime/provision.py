@@ -17,20 +17,15 @@ from typing import Any
 
 import httpx
 
-from gateway_runtime.authz import OpenFgaSettings
+from adapters.opa import upload_policies
 from gateway_runtime.kafka import ensure_topics
 from gateway_runtime.logs import configure_logging
-from gateway_runtime.opa import OpaSettings, upload_policies
 from gateway_runtime.postgres import create_pool, migrate
-from gateway_runtime.settings import CommonSettings
+from gateway_runtime.settings import ProvisionSettings
 from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
 FGA_MODEL = Path(__file__).resolve().parent.parent / "deploy" / "openfga" / "model.json"
-
-
-class ProvisionSettings(CommonSettings, OpenFgaSettings, OpaSettings):
-    service_name: str = "provision"
 
 
 def _pruned(value: Any) -> Any:

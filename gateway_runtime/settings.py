@@ -1,25 +1,50 @@
-"""Settings from the environment: the only place that reads it.
+"""Every setting of every service, from the environment: the only code that reads it.
 
-Every service composes its settings class from `CommonSettings`. Defaults for the local
-stack come from `deploy/stack.env`; a variable set in the environment always wins.
+Each service has one settings class here, composed from shared pieces; its `__main__`
+builds it once and hands the values to what it wires. Defaults for the local stack come
+from `deploy/stack.env`; a variable set in the environment always wins. Outside the
+local profile (`SOMA_PROFILE=production`, which the container image sets), loopback
+addresses of the backing services and the local stack's database password are refused.
+Every setting is documented in docs/configuration.md (a test keeps them in step).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-STACK_ENV = Path(__file__).resolve().parent.parent / "deploy" / "stack.env"
+ROOT = Path(__file__).resolve().parent.parent
+STACK_ENV = ROOT / "deploy" / "stack.env"
+LOCAL_DB_PASSWORD = "soma"  # deploy/stack.env's; fine on loopback, refused elsewhere
+
+
+def _loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host in ("localhost", "localhost.localdomain", "ip6-localhost", "0.0.0.0", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class CommonSettings(BaseSettings):
+    """What every process of the mesh needs: where the backing services are."""
+
     model_config = SettingsConfigDict(env_file=STACK_ENV, extra="ignore")
 
     service_name: str = "soma"
-    # Prefix of topic names and consumer groups (see schemas/topics.py).
-    kafka_namespace: str = "soma"
+    # `local`: make up's profile (loopback addresses, the stack.env password); anything
+    # deployed runs as `production`, where those are refused at start-up.
+    soma_profile: Literal["local", "production"] = "local"
+    # Prefix of topic names, consumer groups and Redis keys (schemas/topics.py,
+    # gateway_runtime/redis_keys.py): meshes in other namespaces share the servers unseen.
+    kafka_namespace: str = Field("soma", pattern=r"^[A-Za-z0-9_-]{1,40}$")
     log_level: str = "INFO"
     kafka_bootstrap_servers: str = "127.0.0.1:19092"
     postgres_dsn: str = "postgresql://soma:soma@127.0.0.1:55432/soma"
@@ -27,9 +52,32 @@ class CommonSettings(BaseSettings):
     openfga_api_url: str = "http://127.0.0.1:18080"
     opa_url: str = "http://127.0.0.1:18181"
     local_llm_base_url: str = "http://127.0.0.1:18088/v1"
+    tenants_file: Path = ROOT / "conf" / "tenants.yaml"
+    # Where `make up` keeps its state, logs and the bootstrap admin key (mode 0600).
+    soma_home: Path = Path.home() / ".cache" / "soma-gateway"
     # Fan-out stream retention: how many events a session keeps for Last-Event-ID resume.
     session_stream_maxlen: int = 1000
     session_stream_ttl_s: int = 24 * 3600
+
+    @model_validator(mode="after")
+    def _deployed_safely(self) -> CommonSettings:
+        if self.soma_profile == "local":
+            return self
+        hosts = {
+            "KAFKA_BOOTSTRAP_SERVERS": [
+                s.strip().rpartition(":")[0] for s in self.kafka_bootstrap_servers.split(",")
+            ],
+            "POSTGRES_DSN": [urlsplit(self.postgres_dsn).hostname or ""],
+            "REDIS_URL": [urlsplit(self.redis_url).hostname or ""],
+            "OPENFGA_API_URL": [urlsplit(self.openfga_api_url).hostname or ""],
+            "OPA_URL": [urlsplit(self.opa_url).hostname or ""],
+        }
+        for name, names in hosts.items():
+            if any(_loopback(h) for h in names):
+                raise ValueError(f"{name} points at a loopback address outside the local profile")
+        if urlsplit(self.postgres_dsn).password in (None, "", LOCAL_DB_PASSWORD):
+            raise ValueError("POSTGRES_DSN carries the local stack's password (or none)")
+        return self
 
 
 class StageSettings(CommonSettings):
@@ -50,3 +98,117 @@ class MemorySettings(CommonSettings):
 
     somabrain_url: str | None = None
     memory_recall_limit: int = 3
+
+
+class OpenFgaSettings(CommonSettings):
+    openfga_store_name: str = "soma"
+    # How long a decision may stand in for OpenFGA while it is unreachable.
+    openfga_cache_ttl_s: float = 30.0
+    openfga_timeout_s: float = 2.0
+
+
+class OpaSettings(CommonSettings):
+    opa_timeout_s: float = 2.0
+
+
+class AuthSettings(OpenFgaSettings):
+    """Authentication at the ingress (and the bootstrap key's home)."""
+
+    # How long a replica may trust its Redis copy of a key (revocation replaces the copy
+    # at once, so this only bounds how long Postgres goes unasked).
+    api_key_cache_ttl_s: int = 30
+    # JWT bearer tokens: HS256 with this secret, and/or RS256/ES256 with keys from a JWKS URL.
+    jwt_hs256_secret: SecretStr | None = None
+    jwt_jwks_url: str | None = None
+    jwks_cache_s: float = 300.0
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_tenant_claim: str = "tenant"
+    jwt_scopes_claim: str = "scope"
+    jwt_default_scopes: list[str] = ["turns"]
+    jwt_leeway_s: int = 30
+
+    @field_validator("jwt_hs256_secret")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("JWT_HS256_SECRET must be at least 32 characters")
+        return value
+
+
+# ---- one class per service -------------------------------------------------------------
+
+
+class IngressSettings(AuthSettings):
+    service_name: str = "ingress"
+    gateway_port: int = 8010
+    gateway_host: str = "127.0.0.1"
+    # Every /v1 route but health needs a principal (API key or JWT) unless this is false;
+    # only `make up`'s local profile turns it off.
+    gateway_require_auth: bool = True
+    max_body_bytes: int = 256 * 1024
+    sse_keepalive_s: float = 15.0
+    # Events queued for one slow client before it is switched to catching up from the
+    # durable log (it loses nothing; the queue's memory stays bounded).
+    sse_client_queue: int = 1000
+    health_timeout_s: float = 2.0
+
+
+class PolicySettings(StageSettings, OpenFgaSettings, OpaSettings):
+    service_name: str = "policy_worker"
+    gateway_require_auth: bool = True
+
+
+class ContextSettings(StageSettings, MemorySettings):
+    service_name: str = "context_worker"
+    # Profiles are looked up in this deployment mode; the default profile of the mode
+    # (role `dialogue`) is created from the values below when it does not exist yet.
+    deployment_mode: str = "local"
+    default_model: str = "openai/smollm2"
+    default_model_base_url: str | None = None  # None = the local model's address
+    default_max_tokens: int = 256
+    default_temperature: float = 0.7
+    context_window_tokens: int = 2048
+    profile_cache_ttl_s: float = 2.0
+
+
+class LLMSettings(StageSettings):
+    service_name: str = "llm_worker"
+    max_in_flight: int = 256
+    # auto: the lean httpx client for OpenAI-compatible servers (`openai/<model>` with a
+    # base_url), LiteLLM for every other provider; litellm / http force one adapter.
+    llm_transport: Literal["auto", "litellm", "http"] = "auto"
+    llm_api_key: str = "none"
+    llm_timeout_s: float = 60.0
+    # Before the first token: tries per deployment beyond the first, and their backoff.
+    llm_retries: int = 1
+    llm_retry_backoff_s: float = 0.2
+    # Circuit breaker per deployment, shared by every llm_worker through Redis.
+    breaker_failure_threshold: int = 5
+    breaker_window_s: float = 60.0
+    breaker_cooldown_s: float = 30.0
+    # Tool rounds a turn may take; after the last one the model is offered no tools and
+    # must answer, so a model that keeps calling tools cannot loop a turn forever.
+    max_tool_rounds: int = 4
+    # LiteLLM reads these from the environment when imported; the worker exports them
+    # just before, so it never reaches for the internet on a machine without one.
+    litellm_local_model_cost_map: str = "True"
+    litellm_offline_mode: str = "true"
+
+
+class ToolSettings(StageSettings):
+    service_name: str = "tool_dispatcher"
+    # The most of one tool result the model is shown (the rest is cut with a note).
+    tool_result_max_chars: int = 4000
+
+
+class PersistenceSettings(StageSettings, MemorySettings):
+    service_name: str = "persistence_worker"
+
+
+class ProvisionSettings(OpenFgaSettings, OpaSettings):
+    service_name: str = "provision"
+
+
+class BootstrapSettings(AuthSettings):
+    service_name: str = "bootstrap"

@@ -9,63 +9,51 @@ Guarantees, in order of importance:
 - a poison record never stops its partition: it is dead-lettered with provenance
   headers and the partition moves on;
 - `RetryableError` is retried with exponential backoff, `attempts` times in all, then
-  dead-lettered; any other exception is dead-lettered at once.
+  dead-lettered; any other exception is dead-lettered at once;
+- a dead letter the broker will not take is retried until it lands (a record it refuses
+  for good is sent as its provenance headers without the value, which stays readable at
+  its source offset); meanwhile that partition's commits wait at the record, never past
+  it, and every failed try is logged and counted (`soma_dead_letter_failures_total`);
+- telling the client that its turn was dead-lettered is best effort: its failure never
+  holds a record back;
+- on a revoke or a stop, in-flight records get `shutdown_grace_s` to finish; the finished
+  prefix is committed and the rest is redelivered to whoever owns the partition next.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Collection, Sequence
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, KafkaError
-
-from gateway_runtime.errors import RetryableError
-from gateway_runtime.kafka import publish
+from gateway_runtime.errors import PublishRefused, RetryableError
 from gateway_runtime.logs import log_context
-from gateway_runtime.metrics import DEAD_LETTERS, STAGE_EVENTS, STAGE_RETRIES, STAGE_SECONDS
+from gateway_runtime.metrics import (
+    DEAD_LETTER_FAILURES,
+    DEAD_LETTERS,
+    STAGE_EVENTS,
+    STAGE_RETRIES,
+    STAGE_SECONDS,
+)
 from gateway_runtime.offsets import OffsetTracker, Pending
+from gateway_runtime.ports import (
+    ConsumedRecord,
+    FailureNotifier,
+    Output,
+    Publisher,
+    RecordConsumer,
+    StageHandler,
+)
 from gateway_runtime.settings import StageSettings
-from schemas.codec import Codec, EncodedEvent, Headers, header
-from schemas.events import ErrorInfo, Event
+from schemas.codec import Codec, EncodedEvent, header
+from schemas.events import ErrorInfo
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    """An event a handler wants produced, and where."""
-
-    topic: str
-    event: Event
-
-
-class StageHandler(Protocol):
-    """A stage's logic: one event in, the events to produce out. No Kafka in here."""
-
-    stage: str
-    input_topic: str
-
-    async def handle(self, event: Event) -> Sequence[Output]: ...
-
-
-# Tells the client of a turn that a stage gave up on it (session_id, turn_id, error).
-FailureNotifier = Callable[[str, str, ErrorInfo], Awaitable[None]]
-
-
-class _Revoked(ConsumerRebalanceListener):
-    def __init__(self, loop: StageLoop) -> None:
-        self._loop = loop
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self._loop.drain_and_commit(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
+__all__ = ["Output", "StageHandler", "StageLoop"]
 
 
 class StageLoop:
@@ -73,8 +61,8 @@ class StageLoop:
         self,
         *,
         handler: StageHandler,
-        consumer: AIOKafkaConsumer,
-        producer: AIOKafkaProducer,
+        consumer: RecordConsumer,
+        publisher: Publisher,
         codec: Codec,
         settings: StageSettings,
         dead_letter_topic: str,
@@ -82,7 +70,7 @@ class StageLoop:
     ) -> None:
         self._handler = handler
         self._consumer = consumer
-        self._producer = producer
+        self._publisher = publisher
         self._codec = codec
         self._settings = settings
         self._dead_letter_topic = dead_letter_topic
@@ -92,10 +80,7 @@ class StageLoop:
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._key_tails: dict[bytes | None, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def rebalance_listener(self) -> ConsumerRebalanceListener:
-        return _Revoked(self)
+        self._uncommitted: dict[Any, int] = {}  # offsets whose commit failed, tried again
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll and dispatch until `stop` is set, then finish or abandon in-flight work.
@@ -122,37 +107,40 @@ class StageLoop:
             await asyncio.sleep(self._settings.commit_interval_s)
             await self._commit()
 
-    async def drain_and_commit(self, revoked: set[Any]) -> None:
+    async def drain_and_commit(self, revoked: Collection[Any]) -> None:
+        """Partitions are being taken away: finish (or abandon) their work, commit it."""
         await self._drain(self._settings.shutdown_grace_s)
         await self._commit()
-        self._offsets.forget(revoked)
+        self._offsets.forget(set(revoked))
+        # A later commit of a revoked partition could move its new owner's offset back.
+        for tp in revoked:
+            self._uncommitted.pop(tp, None)
 
-    def _dispatch(self, tp: Any, record: Any) -> None:
+    def _dispatch(self, tp: Any, record: ConsumedRecord) -> None:
         entry = self._offsets.start(tp, record.offset)
         previous = self._key_tails.get(record.key)
         task = asyncio.create_task(self._run_after(previous, record, entry))
         self._key_tails[record.key] = task
         self._tasks.add(task)
-        task.add_done_callback(lambda t, key=record.key: self._finished(t, key))
+        task.add_done_callback(functools.partial(self._finished, record.key))
 
-    def _finished(self, task: asyncio.Task[None], key: bytes | None) -> None:
+    def _finished(self, key: bytes | None, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._slots.release()
         if self._key_tails.get(key) is task:
             del self._key_tails[key]
 
     async def _run_after(
-        self, previous: asyncio.Task[None] | None, record: Any, entry: Pending
+        self, previous: asyncio.Task[None] | None, record: ConsumedRecord, entry: Pending
     ) -> None:
         if previous is not None:
             await asyncio.wait([previous])  # same key: keep offset order
-        await self._process(record)
+        await self._process(record)  # returns only once the record is safe to commit
         entry.done = True
 
-    async def _process(self, record: Any) -> None:
+    async def _process(self, record: ConsumedRecord) -> None:
         started = time.perf_counter()
-        first_failure: float | None = None
-        headers: Headers = list(record.headers or ())
+        headers = list(record.headers or ())
         log_context.set(
             {
                 "stage": self._stage,
@@ -164,16 +152,12 @@ class StageLoop:
                 "trace_id": header(headers, "trace-id"),
             }
         )
+        first_failure: float | None = None
         attempt = 0
         while True:
             attempt += 1
             try:
-                event = self._codec.decode(record.value, headers)
-                outputs = await self._handler.handle(event)
-                trace_id = header(headers, "trace-id")
-                for output in outputs:
-                    encoded = self._codec.encode(output.event, trace_id=trace_id)
-                    await publish(self._producer, output.topic, encoded)
+                await self._handle(record, headers)
                 STAGE_EVENTS.labels(self._stage, "ok").inc()
                 break
             except RetryableError as exc:
@@ -189,12 +173,20 @@ class StageLoop:
                 break
         STAGE_SECONDS.labels(self._stage).observe(time.perf_counter() - started)
 
+    async def _handle(self, record: ConsumedRecord, headers: list[tuple[str, bytes]]) -> None:
+        event = self._codec.decode(record.value or b"", headers)
+        outputs: Sequence[Output] = await self._handler.handle(event)
+        trace_id = header(headers, "trace-id")
+        for output in outputs:
+            encoded = self._codec.encode(output.event, trace_id=trace_id)
+            await self._publisher.publish(output.topic, encoded)
+
     def _backoff(self, attempt: int) -> float:
-        delay = self._settings.retry_backoff_s * (2 ** (attempt - 1))
+        delay = self._settings.retry_backoff_s * 2.0 ** (attempt - 1)
         return min(delay, self._settings.retry_backoff_max_s)
 
     async def _dead_letter(
-        self, record: Any, exc: BaseException, attempts: int, first_failure: float
+        self, record: ConsumedRecord, exc: BaseException, attempts: int, first_failure: float
     ) -> None:
         error_type = type(exc).__name__
         message = str(exc)[:1000]
@@ -212,21 +204,36 @@ class StageLoop:
         headers = [h for h in (record.headers or ()) if not h[0].startswith("dlq-")]
         headers += [(k, v.encode()) for k, v in provenance.items()]
         dead = EncodedEvent(record.key or b"", record.value or b"", headers)
-        delay = self._settings.retry_backoff_s
-        while True:  # the record must land somewhere before its offset is committed
-            try:
-                await publish(self._producer, self._dead_letter_topic, dead)
-                break
-            except RetryableError:
-                log.error("dead-letter publish failed; retrying")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._settings.retry_backoff_max_s)
+        await self._publish_dead_letter(dead)
         DEAD_LETTERS.labels(self._stage, error_type).inc()
         STAGE_EVENTS.labels(self._stage, "dead_letter").inc()
         log.error("dead-lettered: %s: %s", error_type, message)
         await self._tell_client(record, error_type, message)
 
-    async def _tell_client(self, record: Any, error_type: str, message: str) -> None:
+    async def _publish_dead_letter(self, dead: EncodedEvent) -> None:
+        """Until the dead letter is in its topic: its offset may not be committed before."""
+        delay = self._settings.retry_backoff_s
+        while True:
+            failure: Exception
+            try:
+                await self._publisher.publish(self._dead_letter_topic, dead)
+                return
+            except PublishRefused as exc:
+                if dead.value:
+                    log.error("dead letter refused (%r); sending its provenance alone", exc)
+                    why = f"{len(dead.value)} bytes: {exc}"[:200]
+                    omitted = ("dlq-value-omitted", why.encode())
+                    dead = EncodedEvent(dead.key, b"", [*dead.headers, omitted])
+                    continue
+                failure = exc
+            except Exception as exc:  # retryable, or a bug: either way the record must land
+                failure = exc
+            DEAD_LETTER_FAILURES.labels(self._stage).inc()
+            log.error("dead-letter publish failed (%r); retrying in %.1fs", failure, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._settings.retry_backoff_max_s)
+
+    async def _tell_client(self, record: ConsumedRecord, error_type: str, message: str) -> None:
         if self._notify_failure is None or not record.key:
             return
         error = ErrorInfo(
@@ -234,11 +241,11 @@ class StageLoop:
             message=f"the {self._stage} stage could not process this turn "
             f"({error_type}: {message[:200]}); it is in the dead-letter queue for replay",
         )
-        turn_id = header(record.headers, "event-id") or ""
+        turn_id = header(list(record.headers or ()), "event-id") or ""
         try:
             await self._notify_failure(record.key.decode("utf-8", "replace"), turn_id, error)
-        except RetryableError:
-            log.warning("could not tell the client about the dead letter")
+        except Exception as exc:  # best effort: the dead letter is what must not be lost
+            log.warning("could not tell the client about the dead letter: %r", exc)
 
     async def _drain(self, grace_s: float) -> None:
         if not self._tasks:
@@ -250,13 +257,18 @@ class StageLoop:
             await asyncio.wait(pending)
 
     async def _commit(self) -> None:
-        offsets = self._offsets.committable()
+        offsets = {**self._uncommitted, **self._offsets.committable()}
         if not offsets:
             return
         try:
             await self._consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
-            log.warning("offset commit failed (records will be redelivered): %r", exc)
+        except RetryableError as exc:
+            # Tried again at the next commit; a crash meanwhile only redelivers records
+            # whose effects are keyed by event_id.
+            self._uncommitted = offsets
+            log.warning("offset commit failed (tried again): %r", exc)
+            return
+        self._uncommitted = {}
 
 
 def _iso(ts: float) -> str:

@@ -12,22 +12,38 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
+from aiokafka import ConsumerRebalanceListener
 from redis.asyncio import Redis
 
 from gateway_runtime.event_log import PostgresEventLog
 from gateway_runtime.fanout import FanoutPublisher
-from gateway_runtime.kafka import make_consumer, make_producer
+from gateway_runtime.kafka import GroupConsumer, KafkaPublisher, make_consumer, make_producer
 from gateway_runtime.logs import configure_logging
 from gateway_runtime.metrics import serve_metrics
+from gateway_runtime.ports import StageHandler
 from gateway_runtime.redis_pool import open_redis
 from gateway_runtime.settings import CommonSettings, StageSettings
-from gateway_runtime.stage import StageHandler, StageLoop
+from gateway_runtime.stage import StageLoop
 from schemas.codec import Codec
 from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
+
+
+class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """Before partitions move to another member, finish and commit their work."""
+
+    def __init__(self, loop: StageLoop) -> None:
+        self._loop = loop
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._loop.drain_and_commit(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
 
 
 @contextlib.asynccontextmanager
@@ -62,14 +78,14 @@ async def serve_stage(
     )
     loop = StageLoop(
         handler=handler,
-        consumer=consumer,
-        producer=producer,
+        consumer=GroupConsumer(consumer),
+        publisher=KafkaPublisher(producer),
         codec=Codec(),
         settings=settings,
         dead_letter_topic=Topics.for_namespace(settings.kafka_namespace).dead_letter.name,
         notify_failure=fanout.publish_error if fanout else None,
     )
-    consumer.subscribe([handler.input_topic], listener=loop.rebalance_listener)
+    consumer.subscribe([handler.input_topic], listener=_DrainOnRevoke(loop))
     await producer.start()
     try:
         await consumer.start()

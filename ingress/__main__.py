@@ -5,8 +5,8 @@ from __future__ import annotations
 import uvicorn
 
 from gateway_runtime.logs import configure_logging
+from gateway_runtime.settings import IngressSettings
 from ingress.app import create_app
-from ingress.settings import IngressSettings
 
 
 def main() -> None:

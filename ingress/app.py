@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway_runtime.settings import IngressSettings
 from ingress.body_limit import BodyLimitMiddleware
 from ingress.errors import install_error_handlers
 from ingress.metrics import refresh_deployment_gauges
 from ingress.resources import open_resources
 from ingress.routes import health, keys, model_profiles, route, session, stream
-from ingress.settings import IngressSettings
 
 
 def create_app(settings: IngressSettings | None = None) -> FastAPI:

@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import Depends, Path
 from starlette.requests import HTTPConnection
 
-from gateway_runtime.authz import AuthzUnavailable
+from gateway_runtime.errors import AuthzUnavailable
 from ingress.auth.admission import Admission, session_not_found
 from ingress.auth.errors import forbidden, unauthenticated
 from ingress.auth.principal import ANONYMOUS, Principal
@@ -40,7 +40,8 @@ __all__ = [
 # Dependencies are async even when they do not await: FastAPI runs sync ones in a thread
 # pool, a thread hop per request on the hot path.
 async def get_resources(conn: HTTPConnection) -> Resources:
-    return conn.app.state.resources  # type: ignore[no-any-return]
+    resources: Resources = conn.app.state.resources  # set by the lifespan (app.py)
+    return resources
 
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,7 +14,7 @@ from gateway_runtime.errors import DependencyUnavailable
 log = logging.getLogger(__name__)
 
 
-def _describe(error: dict) -> str:
+def _describe(error: dict[str, Any]) -> str:
     where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
     return f"{where}: {error.get('msg', 'invalid')}"
 
@@ -48,6 +49,8 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    # Starlette types every handler as taking `Exception`; these take the subclass they
+    # are registered for, which is what Starlette hands them.
     app.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]
     app.add_exception_handler(DependencyUnavailable, _unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)

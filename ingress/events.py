@@ -15,13 +15,14 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway_runtime.errors import DependencyUnavailable
 from gateway_runtime.event_log import PG_ID_PREFIX, PostgresEventLog
-from gateway_runtime.fanout import FanoutKeys
+from gateway_runtime.redis_keys import RedisKeys
 from ingress.hub import RESYNC, FanoutHub, SessionEvent
 
 POLL_MIN_S = 0.5
@@ -65,7 +66,7 @@ class _Cursor:
 
 class SessionEvents:
     def __init__(
-        self, redis: Redis, hub: FanoutHub, fallback: PostgresEventLog, keys: FanoutKeys
+        self, redis: Redis, hub: FanoutHub, fallback: PostgresEventLog, keys: RedisKeys
     ) -> None:
         self._redis = redis
         self._hub = hub
@@ -81,7 +82,9 @@ class SessionEvents:
         else:
             low = "-"
         try:
-            entries = await self._redis.xrange(self._keys.stream(session_id), min=low, max="+")
+            raw = await self._redis.xrange(self._keys.stream(session_id), min=low, max="+")
+            # redis-py types replies for every decoding mode; ours returns bytes.
+            entries = cast(list[tuple[bytes, dict[bytes, bytes]]], raw)
         except RedisError as exc:
             raise DependencyUnavailable(f"event log unavailable: {exc!r}") from exc
         return [SessionEvent(i.decode(), f[b"t"].decode(), f[b"e"].decode()) for i, f in entries]

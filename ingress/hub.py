@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway_runtime.fanout import FanoutKeys
+from gateway_runtime.redis_keys import RedisKeys
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ Item = SessionEvent
 
 
 class FanoutHub:
-    def __init__(self, redis: Redis, keys: FanoutKeys, *, queue_size: int) -> None:
+    def __init__(self, redis: Redis, keys: RedisKeys, *, queue_size: int) -> None:
         self._redis = redis
         self._keys = keys
         self._queue_size = queue_size
@@ -104,7 +104,7 @@ class FanoutHub:
                 delay = min(delay * 2, 5.0)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
         queues = self._clients.get(channel[len(self._keys.live_prefix) :].decode())

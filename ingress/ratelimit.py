@@ -21,9 +21,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway_runtime.errors import DependencyUnavailable
-from gateway_runtime.tenants import Tenant
+from gateway_runtime.ports import Tenant
+from gateway_runtime.redis_keys import RedisKeys
 
-PREFIX = "soma:rl:"
 WINDOW_MS = 60_000
 
 # KEYS: per counter its log (sorted set) then its sum. ARGV[1] window ms, ARGV[2] member
@@ -91,12 +91,13 @@ ADMITTED = RateDecision(True)
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
         self._script = redis.register_script(_ADMIT)
+        self._keys = keys
 
     async def admit(self, subject: str, tenant: Tenant, tokens: int) -> RateDecision:
         counters = [
-            (name, f"{PREFIX}{name}:{who}", limit, cost)
+            (name, self._keys.rate_log(name, who), limit, cost)
             for name, who, limit, cost in (
                 ("rpm_per_key", subject, tenant.rpm_per_key, 1),
                 ("rpm_per_tenant", tenant.name, tenant.rpm_per_tenant, 1),

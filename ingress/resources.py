@@ -8,20 +8,20 @@ from dataclasses import dataclass
 
 import asyncpg
 import httpx
-from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
-from gateway_runtime.deployments import DeploymentHealth
+from adapters.deployments import DeploymentHealth
+from adapters.profiles import ProfileStore
 from gateway_runtime.event_log import PostgresEventLog
-from gateway_runtime.fanout import FanoutKeys, FanoutPublisher
-from gateway_runtime.kafka import make_producer
+from gateway_runtime.fanout import FanoutPublisher
+from gateway_runtime.kafka import KafkaPublisher, make_producer
 from gateway_runtime.postgres import create_pool
-from gateway_runtime.profiles import ProfileStore
+from gateway_runtime.redis_keys import RedisKeys
 from gateway_runtime.redis_pool import open_redis
+from gateway_runtime.settings import IngressSettings
 from ingress.auth.services import AuthServices, open_auth
 from ingress.events import SessionEvents
 from ingress.hub import FanoutHub
-from ingress.settings import IngressSettings
 from schemas.codec import Codec
 from schemas.topics import Topics
 
@@ -30,7 +30,7 @@ from schemas.topics import Topics
 class Resources:
     settings: IngressSettings
     codec: Codec
-    producer: AIOKafkaProducer
+    publisher: KafkaPublisher
     redis: Redis
     pool: asyncpg.Pool
     http: httpx.AsyncClient
@@ -54,7 +54,7 @@ async def open_resources(settings: IngressSettings) -> AsyncIterator[Resources]:
         pool = await create_pool(settings.postgres_dsn, min_size=1, max_size=10)
         stack.push_async_callback(pool.close)
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=10.0))
-        keys = FanoutKeys(settings.kafka_namespace)
+        keys = RedisKeys(settings.kafka_namespace)
         hub = FanoutHub(redis, keys, queue_size=settings.sse_client_queue)
         await hub.start()
         stack.push_async_callback(hub.stop)
@@ -70,7 +70,7 @@ async def open_resources(settings: IngressSettings) -> AsyncIterator[Resources]:
         yield Resources(
             settings=settings,
             codec=Codec(),
-            producer=producer,
+            publisher=KafkaPublisher(producer),
             redis=redis,
             pool=pool,
             http=http,
@@ -79,6 +79,6 @@ async def open_resources(settings: IngressSettings) -> AsyncIterator[Resources]:
             fanout=FanoutPublisher.from_settings(redis, settings),
             topics=Topics.for_namespace(settings.kafka_namespace),
             profiles=ProfileStore(pool),
-            deployments=DeploymentHealth(redis),
+            deployments=DeploymentHealth(redis, keys),
             auth=auth,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 
-from gateway_runtime.kafka import publish
 from ingress.deps import Principal
 from ingress.resources import Resources
 from schemas.events import TurnRequested
@@ -35,5 +34,5 @@ async def request_turn(
         principal=principal.subject,
         action=action,
     )
-    await publish(res.producer, res.topics.requested.name, res.codec.encode(event))
+    await res.publisher.publish(res.topics.requested.name, res.codec.encode(event))
     return event

@@ -6,16 +6,17 @@ import asyncio
 
 import httpx
 
-from gateway_runtime.deployments import DeploymentHealth
+from adapters.deployments import DeploymentHealth
+from adapters.tenants import TenantDirectory
+from gateway_runtime.ports import ChatModel
 from gateway_runtime.postgres import create_pool
-from gateway_runtime.tenants import TenantDirectory
+from gateway_runtime.redis_keys import RedisKeys
+from gateway_runtime.settings import LLMSettings
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
 from llm_worker.attempts import TurnAttempts
 from llm_worker.handler import LLMHandler
-from llm_worker.model import ChatModel
 from llm_worker.openai_http import OpenAIHttpModel
 from llm_worker.router import ModelRouter
-from llm_worker.settings import LLMSettings
 from llm_worker.tool_requests import ToolOffer
 from llm_worker.transport import AutoModel
 from schemas.tools import load_definitions
@@ -26,15 +27,18 @@ def build_model(settings: LLMSettings, http: httpx.AsyncClient) -> ChatModel:
     lean = OpenAIHttpModel(http, api_key=settings.llm_api_key)
     if settings.llm_transport == "http":
         return lean
-    from llm_worker.litellm_model import LiteLLMModel  # imports litellm: this process only
+    from llm_worker.litellm_model import LiteLLMModel, load_litellm
 
-    litellm = LiteLLMModel(api_key=settings.llm_api_key, timeout_s=settings.llm_timeout_s)
+    litellm = LiteLLMModel(
+        load_litellm(settings), api_key=settings.llm_api_key, timeout_s=settings.llm_timeout_s
+    )
     return litellm if settings.llm_transport == "litellm" else AutoModel(lean, litellm)
 
 
 async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
     timeout = httpx.Timeout(settings.llm_timeout_s, connect=5.0)
     limits = httpx.Limits(max_connections=settings.max_in_flight, max_keepalive_connections=64)
+    keys = RedisKeys(settings.kafka_namespace)
     pool = await create_pool(settings.postgres_dsn, max_size=4)
     try:
         async with (
@@ -44,6 +48,7 @@ async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
             fanout = fanout_publisher(redis, settings, pool)
             health = DeploymentHealth(
                 redis,
+                keys,
                 threshold=settings.breaker_failure_threshold,
                 cooldown_s=settings.breaker_cooldown_s,
                 window_s=settings.breaker_window_s,
@@ -54,12 +59,14 @@ async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
                 retries=settings.llm_retries,
                 backoff_s=settings.llm_retry_backoff_s,
             )
+            tenants = TenantDirectory(settings.tenants_file)
             handler = LLMHandler(
                 topics=Topics.for_namespace(settings.kafka_namespace),
+                keys=keys,
                 router=router,
                 fanout=fanout,
-                attempts=TurnAttempts(redis),
-                tools=ToolOffer(load_definitions(), TenantDirectory(), settings.max_tool_rounds),
+                attempts=TurnAttempts(redis, keys),
+                tools=ToolOffer(load_definitions(), tenants, settings.max_tool_rounds),
             )
             await serve_stage(handler, settings, stop, fanout=fanout)
     finally:

@@ -11,17 +11,22 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway_runtime.redis_keys import RedisKeys
+
 log = logging.getLogger(__name__)
 
 
 class TurnAttempts:
-    def __init__(self, redis: Redis, ttl_s: int = 24 * 3600) -> None:
+    """The `Attempts` port in Redis, shared by every LLM worker."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys, ttl_s: int = 24 * 3600) -> None:
         self._redis = redis
+        self._keys = keys
         self._ttl_s = ttl_s
 
     async def begin(self, turn_id: str) -> int:
         """Record a start of the turn; returns which attempt this is (1 = first)."""
-        key = f"soma:turn-attempts:{turn_id}"
+        key = self._keys.turn_attempts(turn_id)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.incr(key)

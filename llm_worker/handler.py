@@ -20,17 +20,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gateway_runtime.errors import InvalidEvent
-from gateway_runtime.fanout import FanoutPublisher
-from gateway_runtime.stage import Output
-from llm_worker.attempts import TurnAttempts
-from llm_worker.model import ProviderError
-from llm_worker.router import AllDeploymentsFailed, Answering, ModelRouter
+from gateway_runtime.errors import AllDeploymentsFailed, InvalidEvent, ProviderError
+from gateway_runtime.ports import Answering, Attempts, Fanout, Output, Router
+from gateway_runtime.redis_keys import RedisKeys
 from llm_worker.tool_requests import (
     ToolOffer,
     attempt_key,
     tool_call_data,
-    tool_call_once_key,
     tool_requested,
     total_usage,
 )
@@ -77,9 +73,10 @@ class _Answer:
 @dataclass
 class LLMHandler:
     topics: Topics
-    router: ModelRouter
-    fanout: FanoutPublisher
-    attempts: TurnAttempts
+    keys: RedisKeys
+    router: Router
+    fanout: Fanout
+    attempts: Attempts
     tools: ToolOffer | None = None
     stage: str = "llm"
 
@@ -108,7 +105,9 @@ class LLMHandler:
         except ProviderError as exc:
             log.warning("model failed: %s", exc)
             error = provider_error_info(exc, tried_fallback=bool(event.fallbacks))
-            await self.fanout.publish(sid, tid, "error", asdict(error), once_key=_once(tid))
+            await self.fanout.publish(
+                sid, tid, "error", asdict(error), once_key=self.keys.turn_ended(tid)
+            )
             usage = total_usage(event.prior_usage, answer.usage)
             return [self._completed(event, "failed", "", usage, error, answer.model)]
         usage = total_usage(event.prior_usage, answer.usage or _estimate_usage(event, answer.text))
@@ -124,7 +123,7 @@ class LLMHandler:
                 "fallback": answer.fallback,
                 "usage": asdict(usage),
             },
-            once_key=_once(tid),
+            once_key=self.keys.turn_ended(tid),
         )
         return [self._completed(event, "completed", answer.text, usage, None, answer.model)]
 
@@ -151,17 +150,18 @@ class LLMHandler:
     ) -> Output:
         sid, tid = event.request.session_id, event.request.event_id
         data = tool_call_data(event, answer.calls, answer.text, answer.model, usage)
-        once = tool_call_once_key(event)
+        once = self.keys.tool_calls(tid, event.tool_rounds)
         if await self.fanout.publish(sid, tid, "tool.call", data, once_key=once) is None:
             # An earlier run of this round published its calls: the client saw those.
             data = (await self.fanout.recorded(once) or {}).get("data", data)
         return Output(self.topics.tool_requested.name, tool_requested(event, data))
 
     async def _replay_ended(self, event: TurnContextualized) -> Output | None:
-        ended = await self.fanout.recorded(_once(event.request.event_id))
+        turn_id = event.request.event_id
+        ended = await self.fanout.recorded(self.keys.turn_ended(turn_id))
         if ended is not None:
             return self._replay(event, ended)
-        requested = await self.fanout.recorded(tool_call_once_key(event))
+        requested = await self.fanout.recorded(self.keys.tool_calls(turn_id, event.tool_rounds))
         if requested is not None:
             return Output(self.topics.tool_requested.name, tool_requested(event, requested["data"]))
         return None
@@ -194,10 +194,6 @@ class LLMHandler:
             error=error,
         )
         return Output(self.topics.completed.name, completed)
-
-
-def _once(turn_id: str) -> str:
-    return f"soma:turn-ended:{turn_id}"
 
 
 def _estimate_usage(event: TurnContextualized, answer: str) -> Usage:

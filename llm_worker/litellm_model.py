@@ -1,34 +1,48 @@
 """LiteLLM adapter: any provider LiteLLM reaches, streamed.
 
-LiteLLM is imported here only, in the LLM stage's process (it costs seconds and ~200 MB).
+LiteLLM is imported by `load_litellm` at the LLM stage's start-up, in that process only
+(it costs seconds and ~200 MB), never as a side effect of importing this module.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import os
 from collections.abc import AsyncIterator
+from types import ModuleType
 from typing import Any
 
-from llm_worker.model import Chunk, ProviderError, ToolSpecs
+from gateway_runtime.errors import ProviderError
+from gateway_runtime.ports import Chunk, ToolSpecs
+from gateway_runtime.settings import LLMSettings
 from llm_worker.wire import ToolCallAccumulator, wire_messages
 from schemas.events import ChatMessage, ModelProfile, Usage
 
-# No internet here: LiteLLM must not fetch its model cost map at import.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
 
-import litellm
-
-litellm.telemetry = False
-litellm.suppress_debug_info = True  # no "Give Feedback" banners on stdout
+def load_litellm(settings: LLMSettings) -> ModuleType:
+    """LiteLLM, imported for this machine. It reads its switches from the environment as
+    it is imported, so they are exported from the settings just before: with the
+    defaults it never fetches its model cost map from the internet."""
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = settings.litellm_local_model_cost_map
+    os.environ["LITELLM_OFFLINE_MODE"] = settings.litellm_offline_mode
+    litellm: Any = importlib.import_module("litellm")
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True  # no "Give Feedback" banners on stdout
+    module: ModuleType = litellm
+    return module
 
 
 class LiteLLMModel:
-    def __init__(self, *, api_key: str = "none", timeout_s: float = 60.0) -> None:
+    """The `ChatModel` port over `litellm.acompletion`."""
+
+    def __init__(
+        self, litellm: ModuleType, *, api_key: str = "none", timeout_s: float = 60.0
+    ) -> None:
         # Retries, fallbacks and cooldowns are the ModelRouter's (shared through Redis),
         # so LiteLLM makes exactly one attempt per call.
+        self._litellm = litellm
         self._api_key = api_key
         self._timeout_s = timeout_s
 
@@ -43,7 +57,7 @@ class LiteLLMModel:
         calls = ToolCallAccumulator()
         finished = received = False
         try:
-            response = await litellm.acompletion(
+            response = await self._litellm.acompletion(
                 model=profile.model,
                 api_base=profile.base_url,
                 api_key=self._api_key,

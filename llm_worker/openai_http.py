@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from llm_worker.model import Chunk, ProviderError, ToolSpecs
+from gateway_runtime.errors import ProviderError
+from gateway_runtime.ports import Chunk, ToolSpecs
 from llm_worker.wire import ToolCallAccumulator, wire_messages
 from schemas.events import ChatMessage, ModelProfile, Usage
 

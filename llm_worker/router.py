@@ -13,34 +13,20 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-from gateway_runtime.deployments import DeploymentHealth, deployment_name
-from gateway_runtime.errors import DependencyUnavailable
+from adapters.deployments import DeploymentHealth, deployment_name
+from gateway_runtime.errors import AllDeploymentsFailed, DependencyUnavailable, ProviderError
+from gateway_runtime.ports import Answering, ChatModel, Chunk, ToolSpecs
 from llm_worker.metrics import BREAKER_TRANSITIONS, FALLBACKS, PROVIDER_FAILURES
-from llm_worker.model import ChatModel, Chunk, ProviderError, ToolSpecs
 from schemas.events import ChatMessage, ModelProfile
 
 log = logging.getLogger(__name__)
 NOT_RETRYABLE = {400, 401, 403, 404, 422}
 
 
-class AllDeploymentsFailed(ProviderError):
-    def __init__(self, attempts: list[str], last: ProviderError | None) -> None:
-        detail = "; ".join(attempts) or "no deployment configured"
-        super().__init__(detail, status=last.status if last else None)
-        self.attempts = attempts
-
-
-@dataclass(frozen=True, slots=True)
-class Answering:
-    """Which deployment is answering (yielded once, before its first chunk)."""
-
-    profile: ModelProfile
-    fallback: bool
-
-
 class ModelRouter:
+    """The `Router` port: deployments in order, with retries and circuit breakers."""
+
     def __init__(
         self,
         model: ChatModel,

@@ -13,15 +13,11 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any, Protocol
+from typing import Any
 
-from gateway_runtime.tenants import Tenant
+from gateway_runtime.ports import Tenants
 from schemas.events import ToolCall, ToolRequested, TurnContextualized, Usage
 from schemas.tools import ToolDefinition
-
-
-class Tenants(Protocol):
-    def get(self, name: str) -> Tenant: ...
 
 
 class ToolOffer:
@@ -53,10 +49,6 @@ def attempt_key(event: TurnContextualized) -> str:
     """What a rerun is counted by: the turn, and which tool round of it."""
     turn_id = event.request.event_id
     return turn_id if event.tool_rounds == 0 else f"{turn_id}:round{event.tool_rounds}"
-
-
-def tool_call_once_key(event: TurnContextualized) -> str:
-    return f"soma:tool-call:{event.request.event_id}:{event.tool_rounds}"
 
 
 def total_usage(*parts: Usage | None) -> Usage:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from llm_worker.model import ChatModel, Chunk, ToolSpecs
+from gateway_runtime.ports import ChatModel, Chunk, ToolSpecs
 from schemas.events import ChatMessage, ModelProfile
 
 
@@ -20,6 +20,8 @@ def openai_compatible(profile: ModelProfile) -> bool:
 
 
 class AutoModel:
+    """The `ChatModel` port that picks the lean client or LiteLLM per profile."""
+
     def __init__(self, lean: ChatModel, litellm: ChatModel) -> None:
         self._lean = lean
         self._litellm = litellm

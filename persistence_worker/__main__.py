@@ -6,12 +6,13 @@ import asyncio
 
 import httpx
 
-from gateway_runtime.budget import RedisBudgetLedger
-from gateway_runtime.memory import open_memory
+from adapters.budgets import RedisBudgetLedger
+from adapters.memory import open_memory
 from gateway_runtime.postgres import create_pool
+from gateway_runtime.redis_keys import RedisKeys
+from gateway_runtime.settings import PersistenceSettings
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
 from persistence_worker.handler import PersistenceHandler
-from persistence_worker.settings import PersistenceSettings
 from persistence_worker.store import PostgresTurnStore
 from schemas.topics import Topics
 
@@ -26,7 +27,7 @@ async def main(settings: PersistenceSettings, stop: asyncio.Event) -> None:
             handler = PersistenceHandler(
                 topics=Topics.for_namespace(settings.kafka_namespace),
                 store=PostgresTurnStore(pool),
-                budgets=RedisBudgetLedger(redis),
+                budgets=RedisBudgetLedger(redis, RedisKeys(settings.kafka_namespace)),
                 memory=open_memory(settings.somabrain_url, pool, http),
             )
             await serve_stage(

@@ -12,38 +12,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from gateway_runtime.errors import InvalidEvent
-from gateway_runtime.memory import Memory, exchange_memory
-from gateway_runtime.stage import Output
-from gateway_runtime.tenants import DEFAULT_PERSONA
+from gateway_runtime.ports import DEFAULT_PERSONA, Budgets, Memory, Output, TurnStore
 from schemas.events import Event, TurnCompleted
 from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
 
 
-class TurnStore(Protocol):
-    async def save(self, turn: TurnCompleted) -> bool: ...
-
-
-def memory_of(turn: TurnCompleted) -> str | None:
+def memory_of(turn: TurnCompleted, limit: int = 2000) -> str | None:
     """What to remember of a turn: the exchange of a completed chat message."""
     if turn.status != "completed" or turn.request.action is not None:
         return None
-    return exchange_memory(turn.request.message, turn.answer)
-
-
-class BudgetSettlement(Protocol):
-    async def settle(self, turn_id: str, tenant: str, persona: str, actual_tokens: int) -> bool: ...
+    return f"User: {turn.request.message}\nAssistant: {turn.answer}"[:limit]
 
 
 @dataclass
 class PersistenceHandler:
     topics: Topics
     store: TurnStore
-    budgets: BudgetSettlement
+    budgets: Budgets
     memory: Memory
     stage: str = "persistence"
 

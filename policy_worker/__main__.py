@@ -6,14 +6,15 @@ import asyncio
 
 import httpx
 
-from gateway_runtime.authz import FgaAuthorizer
-from gateway_runtime.budget import RedisBudgetLedger
-from gateway_runtime.opa import OpaClient
+from adapters.budgets import RedisBudgetLedger
+from adapters.opa import OpaClient
+from adapters.openfga import FgaAuthorizer
+from adapters.tenants import TenantDirectory
 from gateway_runtime.postgres import create_pool
-from gateway_runtime.tenants import TenantDirectory
+from gateway_runtime.redis_keys import RedisKeys
+from gateway_runtime.settings import PolicySettings
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
 from policy_worker.handler import PolicyHandler
-from policy_worker.settings import PolicySettings
 from schemas.topics import Topics
 
 
@@ -33,8 +34,8 @@ async def main(settings: PolicySettings, stop: asyncio.Event) -> None:
                 require_auth=settings.gateway_require_auth,
                 authorizer=authorizer,
                 engine=OpaClient(http, settings),
-                budgets=RedisBudgetLedger(redis),
-                tenants=TenantDirectory(),
+                budgets=RedisBudgetLedger(redis, RedisKeys(settings.kafka_namespace)),
+                tenants=TenantDirectory(settings.tenants_file),
             )
             await serve_stage(handler, settings, stop, fanout=fanout)
     finally:

@@ -23,38 +23,29 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from gateway_runtime import authz
-from gateway_runtime.authz import AuthzUnavailable
-from gateway_runtime.budget import BudgetUsage, Reservation, turn_estimate
-from gateway_runtime.errors import InvalidEvent
-from gateway_runtime.fanout import FanoutPublisher
-from gateway_runtime.opa import Decision, PolicyUnavailable
-from gateway_runtime.stage import Output
-from gateway_runtime.tenants import DEFAULT_PERSONA, Tenant, TenantDirectory
+from adapters import openfga
+from gateway_runtime.errors import AuthzUnavailable, InvalidEvent, PolicyUnavailable
+from gateway_runtime.ports import (
+    DEFAULT_PERSONA,
+    Authorizer,
+    Budgets,
+    BudgetUsage,
+    Decision,
+    Fanout,
+    Output,
+    PolicyEngine,
+    Tenant,
+    Tenants,
+)
+from gateway_runtime.tokens import turn_estimate
 from policy_worker.metrics import DECISIONS
 from schemas.events import ErrorInfo, Event, TurnAuthorized, TurnRequested
 from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
 ANONYMOUS = "anonymous"
-
-
-class Authorizer(Protocol):
-    async def check(self, subject_user: str, relation: str, obj: str) -> bool: ...
-
-
-class PolicyEngine(Protocol):
-    async def decide(self, policy_input: dict[str, Any]) -> Decision: ...
-
-
-class Budgets(Protocol):
-    async def usage(self, tenant: str, persona: str) -> BudgetUsage: ...
-
-    async def reserve(
-        self, turn_id: str, tenant: str, persona: str, estimate: int, budget: int
-    ) -> Reservation: ...
 
 
 class _Denied(Exception):
@@ -78,12 +69,12 @@ def _deny(code: str, message: str, retry_after_s: float | None = None) -> _Denie
 @dataclass
 class PolicyHandler:
     topics: Topics
-    fanout: FanoutPublisher
+    fanout: Fanout
     require_auth: bool
     authorizer: Authorizer
     engine: PolicyEngine
     budgets: Budgets
-    tenants: TenantDirectory
+    tenants: Tenants
     stage: str = "policy"
 
     @property
@@ -139,7 +130,7 @@ class PolicyHandler:
             return
         try:
             allowed = await self.authorizer.check(
-                authz.user(principal), "can_write", authz.session(event.session_id)
+                openfga.user(principal), "can_write", openfga.session(event.session_id)
             )
         except AuthzUnavailable as exc:
             raise _deny(
@@ -206,7 +197,7 @@ class PolicyHandler:
 def _authenticated(principal: str | None) -> bool:
     """A principal the ingress authenticated (an API key or a JWT): held to its grants
     even with auth off, where other principals (anonymous, automations) are trusted."""
-    return bool(principal) and principal.startswith(("key:", "jwt:"))  # type: ignore[union-attr]
+    return principal is not None and principal.startswith(("key:", "jwt:"))
 
 
 def policy_input(

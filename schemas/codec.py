@@ -22,7 +22,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import UnknownType
 
-from schemas.events import EVENT_TYPES, Event, to_avro
+from schemas.events import EVENT_TYPES, Event, request_of, to_avro
 
 AVRO_DIR = Path(__file__).parent / "avro"
 _FILE_RE = re.compile(r"^(?P<name>[A-Z][A-Za-z]+)\.v(?P<version>\d+)\.avsc$")
@@ -114,7 +114,7 @@ class Codec:
     def encode(self, event: Event, *, trace_id: str | None = None) -> EncodedEvent:
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, self._newest[event.SCHEMA][1], to_avro(event))
-        request = event if hasattr(event, "event_id") else event.request  # type: ignore[union-attr]
+        request = request_of(event)
         headers: Headers = [
             ("event-id", request.event_id.encode()),
             ("trace-id", (trace_id or uuid.uuid4().hex).encode()),
@@ -139,6 +139,7 @@ class Codec:
             record = fastavro.schemaless_reader(
                 io.BytesIO(value), self._schemas[(name, int(version_text))], self._newest[name][1]
             )
+            # fastavro types a record as any Avro datum; these schemas are records (dicts).
             return EVENT_TYPES[name].from_avro(record)  # type: ignore[arg-type]
         except Exception as exc:  # fastavro raises many kinds on corrupt bytes
             raise DecodeError(f"cannot read {name} v{version_text}: {exc!r}"[:500]) from exc

@@ -185,6 +185,11 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
+def request_of(event: Event) -> TurnRequested:
+    """The turn request an event belongs to: what it is keyed and labelled by."""
+    return event if isinstance(event, TurnRequested) else event.request
+
+
 def to_avro(event: Event) -> dict[str, Any]:
     """The record as fastavro writes it (nested dataclasses become dicts)."""
     return dataclasses.asdict(event)

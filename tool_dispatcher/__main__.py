@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+from adapters.tenants import TenantDirectory
 from gateway_runtime.postgres import create_pool
-from gateway_runtime.tenants import TenantDirectory
+from gateway_runtime.redis_keys import RedisKeys
+from gateway_runtime.settings import ToolSettings
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
 from schemas.topics import Topics
 from tool_dispatcher.handler import ToolDispatcher
 from tool_dispatcher.registry import ToolRegistry
-from tool_dispatcher.settings import ToolSettings
 from tool_dispatcher.tools import BUILTIN_TOOLS
 
 
@@ -22,8 +23,9 @@ async def main(settings: ToolSettings, stop: asyncio.Event) -> None:
             fanout = fanout_publisher(redis, settings, pool)
             handler = ToolDispatcher(
                 topics=Topics.for_namespace(settings.kafka_namespace),
+                keys=RedisKeys(settings.kafka_namespace),
                 registry=ToolRegistry(BUILTIN_TOOLS),
-                tenants=TenantDirectory(),
+                tenants=TenantDirectory(settings.tenants_file),
                 fanout=fanout,
                 max_result_chars=settings.tool_result_max_chars,
             )

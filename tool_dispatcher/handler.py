@@ -14,34 +14,15 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from gateway_runtime.errors import InvalidEvent
-from gateway_runtime.stage import Output
-from gateway_runtime.tenants import Tenant
+from gateway_runtime.ports import Fanout, Output, Tenant, Tenants
+from gateway_runtime.redis_keys import RedisKeys
 from schemas.events import ChatMessage, Event, ToolCall, ToolRequested, TurnContextualized
 from schemas.topics import Topics
 from tool_dispatcher.registry import ToolRegistry, ToolResult
 
 log = logging.getLogger(__name__)
-
-
-class Tenants(Protocol):
-    def get(self, name: str) -> Tenant: ...
-
-
-class Fanout(Protocol):
-    async def publish(
-        self,
-        session_id: str,
-        turn_id: str,
-        event_type: str,
-        data: dict[str, object],
-        *,
-        once_key: str | None = None,
-    ) -> str | None: ...
-
-    async def recorded(self, once_key: str) -> dict[str, object] | None: ...
 
 
 def continuation(event: ToolRequested, results: Sequence[str]) -> TurnContextualized:
@@ -69,6 +50,7 @@ def continuation(event: ToolRequested, results: Sequence[str]) -> TurnContextual
 @dataclass
 class ToolDispatcher:
     topics: Topics
+    keys: RedisKeys
     registry: ToolRegistry
     tenants: Tenants
     fanout: Fanout
@@ -90,7 +72,7 @@ class ToolDispatcher:
 
     async def _result(self, event: ToolRequested, call: ToolCall, tenant: Tenant) -> str:
         sid, tid = event.request.session_id, event.request.event_id
-        once = f"soma:tool-result:{tid}:{event.turn.tool_rounds}:{call.id}"
+        once = self.keys.tool_result(tid, event.turn.tool_rounds, call.id)
         if (earlier := await self._recorded(once)) is not None:
             return earlier
         allowed = tenant.tool_allowed(call.name)

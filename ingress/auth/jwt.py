@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import jwt
 
+from gateway_runtime.settings import AuthSettings
 from ingress.auth.principal import Principal
-from ingress.auth.settings import AuthSettings
 
 ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
 REFETCH_MIN_S = 30.0

@@ -3,8 +3,8 @@
 A secret is `sk_<key_id>_<43 random url-safe chars>` (256 bits). Postgres keeps its
 SHA-256 (a fast hash is right for a random secret; there is nothing to brute-force) and
 the key's tenant, scopes and state. A request's key is looked up by the key_id its
-secret names: first in Redis (`soma:apikey:<key_id>`, a short TTL), else in Postgres,
-and the hashes are compared in constant time.
+secret names: first in Redis (`RedisKeys.api_key`, a short TTL), else in Postgres, and
+the hashes are compared in constant time.
 
 Revocation writes Postgres, then overwrites the Redis entry with a revoked one (no TTL
 race: fills use SET NX and never replace it), so every replica refuses the key from its
@@ -19,20 +19,22 @@ import json
 import logging
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway_runtime.errors import DependencyUnavailable
+from gateway_runtime.redis_keys import RedisKeys
 from ingress.auth.principal import Principal
 
 log = logging.getLogger(__name__)
 
 SECRET_RE = re.compile(r"^sk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
-CACHE_PREFIX = "soma:apikey:"
 REVOKED_TTL_S = 7 * 86400
 _COLUMNS = (
     "key_id, tenant, label, scopes, prefix, created_at, created_by, last_used_at,"
@@ -73,8 +75,8 @@ def digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-def _record(row: asyncpg.Record) -> KeyRecord:
-    return KeyRecord(**{**dict(row), "scopes": list(row["scopes"])})
+def _record(row: Mapping[str, Any]) -> KeyRecord:
+    return KeyRecord(**{**row, "scopes": list(row["scopes"])})
 
 
 def _unavailable(exc: BaseException) -> DependencyUnavailable:
@@ -85,9 +87,12 @@ _PG_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
 
 class KeyStore:
-    def __init__(self, pool: asyncpg.Pool, redis: Redis, *, cache_ttl_s: int) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, redis: Redis, keys: RedisKeys, *, cache_ttl_s: int
+    ) -> None:
         self._pool = pool
         self._redis = redis
+        self._keys = keys
         self._ttl = cache_ttl_s
 
     async def create(
@@ -110,7 +115,8 @@ class KeyStore:
             )
         except _PG_ERRORS as exc:
             raise _unavailable(exc) from exc
-        return _record(row), secret
+        assert row is not None  # INSERT ... RETURNING returns the row
+        return _record(dict(row)), secret
 
     async def list(self, tenant: str | None) -> list[KeyRecord]:
         """Keys of one tenant, or of all tenants (None), oldest first; never a secret."""
@@ -122,7 +128,7 @@ class KeyStore:
             )
         except _PG_ERRORS as exc:
             raise _unavailable(exc) from exc
-        return [_record(r) for r in rows]
+        return [_record(dict(r)) for r in rows]
 
     async def get(self, key_id: str) -> KeyRecord | None:
         try:
@@ -131,7 +137,7 @@ class KeyStore:
             )
         except _PG_ERRORS as exc:
             raise _unavailable(exc) from exc
-        return _record(row) if row else None
+        return _record(dict(row)) if row else None
 
     async def revoke(self, key_id: str) -> KeyRecord | None:
         """Revoke the key everywhere at once; None if there is no such key."""
@@ -148,13 +154,13 @@ class KeyStore:
         entry = _entry(row["secret_sha256"], row["tenant"], list(row["scopes"]), revoked=True)
         try:
             # Replaces any cached copy; fills use NX so a stale read cannot undo this.
-            await self._redis.set(CACHE_PREFIX + key_id, entry, ex=REVOKED_TTL_S)
+            await self._redis.set(self._keys.api_key(key_id), entry, ex=REVOKED_TTL_S)
         except RedisError as exc:
             # Postgres says revoked; a replica's cached copy must not outlive it.
             raise _unavailable(exc) from exc
         record = dict(row)
         record.pop("secret_sha256")
-        return _record(record)  # type: ignore[arg-type]
+        return _record(record)
 
     async def authenticate(self, secret: str) -> Principal:
         match = SECRET_RE.match(secret)
@@ -174,16 +180,16 @@ class KeyStore:
             key_id=key_id,
         )
 
-    async def _lookup(self, key_id: str) -> dict | None:
-        cache_key = CACHE_PREFIX + key_id
+    async def _lookup(self, key_id: str) -> dict[str, Any] | None:
+        cache_key = self._keys.api_key(key_id)
         try:
             cached = await self._redis.get(cache_key)
         except RedisError as exc:
             log.warning("key cache unavailable, asking Postgres: %r", exc)
             cached, cache_key = None, ""
         if cached:
-            entry = json.loads(cached)
-            return None if entry.get("missing") else entry  # type: ignore[no-any-return]
+            entry: dict[str, Any] = json.loads(cached)
+            return None if entry.get("missing") else entry
         try:
             row = await self._pool.fetchrow(
                 "SELECT secret_sha256, tenant, scopes, revoked_at IS NOT NULL AS revoked"
@@ -202,12 +208,13 @@ class KeyStore:
                 await self._redis.set(cache_key, value, ex=self._ttl, nx=True)
             except RedisError as exc:
                 log.warning("could not cache key %s: %r", key_id, exc)
-        return json.loads(value) if row else None  # type: ignore[no-any-return]
+        found: dict[str, Any] = json.loads(value)
+        return found if row else None
 
     async def _touch(self, key_id: str) -> None:
         """Record use, at most once a minute per key across all replicas."""
         try:
-            first = await self._redis.set(f"{CACHE_PREFIX}used:{key_id}", 1, ex=60, nx=True)
+            first = await self._redis.set(self._keys.api_key_used(key_id), 1, ex=60, nx=True)
         except RedisError:
             return
         if first:

@@ -10,14 +10,15 @@ import asyncpg
 import httpx
 from redis.asyncio import Redis
 
-from gateway_runtime.authz import FgaAuthorizer
-from gateway_runtime.tenants import TenantDirectory
+from adapters.openfga import FgaAuthorizer
+from adapters.tenants import TenantDirectory
+from gateway_runtime.redis_keys import RedisKeys
+from gateway_runtime.settings import AuthSettings
 from ingress.auth.errors import unauthenticated, unavailable
 from ingress.auth.jwt import InvalidToken, JwtVerifier
 from ingress.auth.keys import InvalidKey, KeyStore, RevokedKey
 from ingress.auth.principal import Principal
 from ingress.auth.sessions import SessionAccess
-from ingress.auth.settings import AuthSettings
 from ingress.ratelimit import RateLimiter
 
 
@@ -64,15 +65,16 @@ async def open_auth(
     http: httpx.AsyncClient,
 ) -> AsyncIterator[AuthServices]:
     authorizer = FgaAuthorizer(settings)
+    keys = RedisKeys(settings.kafka_namespace)
     try:
         yield AuthServices(
             require_auth=require_auth,
-            keys=KeyStore(pool, redis, cache_ttl_s=settings.api_key_cache_ttl_s),
+            keys=KeyStore(pool, redis, keys, cache_ttl_s=settings.api_key_cache_ttl_s),
             jwt=JwtVerifier(settings, http),
             authorizer=authorizer,
             sessions=SessionAccess(pool, authorizer),
-            limiter=RateLimiter(redis),
-            tenants=TenantDirectory(),
+            limiter=RateLimiter(redis, keys),
+            tenants=TenantDirectory(settings.tenants_file),
         )
     finally:
         await authorizer.close()

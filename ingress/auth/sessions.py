@@ -15,8 +15,8 @@ from collections import OrderedDict
 
 import asyncpg
 
-from gateway_runtime import authz
-from gateway_runtime.authz import FgaAuthorizer
+from adapters import openfga
+from adapters.openfga import FgaAuthorizer
 from gateway_runtime.errors import DependencyUnavailable
 from ingress.auth.principal import Principal
 
@@ -28,11 +28,11 @@ class SessionOfAnotherTenant(Exception):
     """The session exists but belongs to a different tenant."""
 
 
-def session_relations(session_id: str, tenant: str, owner: str | None) -> list[authz.Relation]:
-    obj = authz.session(session_id)
-    relations = [(authz.tenant(tenant), "tenant", obj)]
+def session_relations(session_id: str, tenant: str, owner: str | None) -> list[openfga.Relation]:
+    obj = openfga.session(session_id)
+    relations = [(openfga.tenant(tenant), "tenant", obj)]
     if owner:
-        relations.append((authz.user(owner), "owner", obj))
+        relations.append((openfga.user(owner), "owner", obj))
     return relations
 
 
@@ -91,7 +91,7 @@ class SessionAccess:
 
     async def can_read(self, principal: Principal, session_id: str) -> bool:
         return await self._authorizer.check(
-            authz.user(principal.subject), "can_read", authz.session(session_id)
+            openfga.user(principal.subject), "can_read", openfga.session(session_id)
         )
 
     def _remember(self, session_id: str, tenant: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -19,7 +20,7 @@ CRITICAL = ("kafka", "postgres", "redis")
 
 
 async def _kafka(res: Resources) -> None:
-    if not await res.producer.client.force_metadata_update():
+    if not await res.publisher.producer.client.force_metadata_update():
         raise ConnectionError("no broker answered a metadata request")
 
 
@@ -36,20 +37,21 @@ async def _http_ok(res: Resources, url: str) -> None:
     response.raise_for_status()
 
 
-async def _check(name: str, probe: Awaitable[None], timeout: float) -> tuple[str, dict]:
+async def _check(name: str, probe: Awaitable[None], timeout: float) -> tuple[str, dict[str, Any]]:
     started = time.perf_counter()
     try:
         await asyncio.wait_for(probe, timeout)
         status, error = "ok", None
     except Exception as exc:  # a health probe reports any failure, it never raises
         status, error = "down", f"{type(exc).__name__}: {exc}"[:200]
-    result: dict = {"status": status, "latency_ms": round((time.perf_counter() - started) * 1e3, 1)}
+    latency_ms = round((time.perf_counter() - started) * 1e3, 1)
+    result: dict[str, Any] = {"status": status, "latency_ms": latency_ms}
     if error:
         result["error"] = error
     return name, result
 
 
-async def health_report(res: Resources) -> tuple[int, dict]:
+async def health_report(res: Resources) -> tuple[int, dict[str, Any]]:
     s = res.settings
     probes = {
         "kafka": _kafka(res),

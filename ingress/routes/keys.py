@@ -13,8 +13,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway_runtime import authz
-from gateway_runtime.authz import AuthzUnavailable
+from adapters import openfga
+from gateway_runtime.errors import AuthzUnavailable
 from ingress.auth.errors import Denied, forbidden, not_found
 from ingress.auth.keys import KeyRecord
 from ingress.auth.principal import Principal
@@ -34,7 +34,7 @@ class KeyIn(BaseModel):
 
     label: str = Field(min_length=1, max_length=128)
     tenant: str | None = Field(None, pattern=TENANT, description="default: the caller's")
-    scopes: list[Scope] = Field(default_factory=lambda: ["turns"], min_length=1, max_length=3)
+    scopes: list[Scope] = Field(default=["turns"], min_length=1, max_length=3)
 
 
 class KeyOut(BaseModel):
@@ -75,9 +75,9 @@ def _target_tenant(principal: Principal, requested: str | None, res: Resources) 
 
 async def _grant(res: Resources, record: KeyRecord, *, revoke: bool = False) -> None:
     """The key's place in OpenFGA: member of its tenant, admin too with the admin scope."""
-    relations = [(authz.user(record.subject), "member", authz.tenant(record.tenant))]
+    relations = [(openfga.user(record.subject), "member", openfga.tenant(record.tenant))]
     if "admin" in record.scopes:
-        relations.append((authz.user(record.subject), "admin", authz.tenant(record.tenant)))
+        relations.append((openfga.user(record.subject), "admin", openfga.tenant(record.tenant)))
     try:
         if revoke:
             await res.auth.authorizer.delete(relations)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Response
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
-from gateway_runtime.profiles import StoredProfile
+from gateway_runtime.ports import StoredProfile
 from ingress.deps import OperatorPrincipal, ResourcesDep, TurnsPrincipal
 
 router = APIRouter(prefix="/v1/model-profiles", tags=["model-profiles"])

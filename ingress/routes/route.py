@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway_runtime.deployments import DeploymentState, deployment_name
-from gateway_runtime.profiles import StoredProfile
-from gateway_runtime.tenants import Tenant
+from adapters.deployments import DeploymentState, deployment_name
+from gateway_runtime.ports import StoredProfile, Tenant
 from ingress.auth.errors import forbidden
 from ingress.deps import ResourcesDep, TurnsPrincipal
 

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from llm_worker.model import ChatModel
+from gateway_runtime.ports import ChatModel
+from gateway_runtime.settings import LLMSettings
 from llm_worker.openai_http import OpenAIHttpModel
 
 
@@ -18,6 +19,6 @@ async def adapter(request: pytest.FixtureRequest) -> AsyncIterator[ChatModel]:
         if request.param == "http":
             yield OpenAIHttpModel(http)
         else:
-            from llm_worker.litellm_model import LiteLLMModel
+            from llm_worker.litellm_model import LiteLLMModel, load_litellm
 
-            yield LiteLLMModel(timeout_s=10)
+            yield LiteLLMModel(load_litellm(LLMSettings()), timeout_s=10)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llm_worker.model import ChatModel, Chunk, ProviderError, ToolSpecs
+from gateway_runtime.errors import ProviderError
+from gateway_runtime.ports import ChatModel, Chunk, ToolSpecs
 from llm_worker.transport import AutoModel, openai_compatible
 from schemas.events import ChatMessage, ModelProfile
 

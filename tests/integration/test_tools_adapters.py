@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from llm_worker.model import ChatModel, Chunk
+from gateway_runtime.ports import ChatModel, Chunk
 from schemas.events import ChatMessage, ModelProfile, ToolCall
 from schemas.tools import load_definitions
 

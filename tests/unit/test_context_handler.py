@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
+from adapters.profiles import CachedProfiles
+from adapters.tenants import TenantDirectory
 from context_worker.handler import ContextHandler, fit_history
 from gateway_runtime.errors import InvalidEvent
-from gateway_runtime.profiles import CachedProfiles, StoredProfile
-from gateway_runtime.tenants import TenantDirectory
+from gateway_runtime.ports import StoredProfile
 from schemas.events import ChatMessage, ErrorInfo, TurnAuthorized, TurnCompleted, TurnRequested
 from schemas.topics import Topics
 
@@ -151,7 +152,7 @@ async def test_recalled_memories_join_the_system_prompt(tenants: TenantDirectory
 
 
 def test_the_default_profile_points_at_the_local_model() -> None:
-    from context_worker.settings import ContextSettings
+    from gateway_runtime.settings import ContextSettings
 
     fields = ContextSettings.model_fields
     assert fields["default_model"].default == "openai/smollm2"

@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from gateway_runtime.settings import AuthSettings
 from ingress.auth.jwt import InvalidToken, JwtVerifier
-from ingress.auth.settings import AuthSettings
 
 SECRET = "s" * 40
 

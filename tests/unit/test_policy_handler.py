@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-from gateway_runtime.authz import AuthzUnavailable
-from gateway_runtime.budget import BudgetUsage, Reservation
-from gateway_runtime.opa import Decision, PolicyUnavailable
-from gateway_runtime.tenants import TenantDirectory
+from adapters.tenants import TenantDirectory
+from gateway_runtime.errors import AuthzUnavailable, PolicyUnavailable
+from gateway_runtime.ports import BudgetUsage, Decision, Reservation
 from policy_worker.handler import PolicyHandler
 from schemas.events import ErrorInfo, TurnAuthorized, TurnRequested
 from schemas.topics import Topics

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from pathlib import Path
 
 import pytest
 
-from gateway_runtime.tenants import DEFAULT_PATH, Tenant, TenantDirectory
+from adapters.tenants import TenantDirectory
+from gateway_runtime.ports import Tenant
+from gateway_runtime.settings import CommonSettings
+from schemas.tools import load_definitions
 
 CONF = """
 tenants:
@@ -74,6 +78,14 @@ def test_a_broken_edit_keeps_the_last_good_configuration(tmp_path: Path) -> None
 
 
 def test_the_shipped_file_parses() -> None:
-    directory = TenantDirectory(DEFAULT_PATH)
+    directory = TenantDirectory(CommonSettings().tenants_file)
     assert "default" in directory.names()
     assert directory.get("acme").budget_for("analyst") > directory.get("acme").tokens_per_day
+
+
+def test_the_shipped_allow_lists_name_tools_that_exist() -> None:
+    directory = TenantDirectory(CommonSettings().tenants_file)
+    tools = set(load_definitions())
+    for name in directory.names():
+        for pattern in directory.get(name).tools_allow:
+            assert fnmatch.filter(tools, pattern), f"{name}: no tool matches {pattern!r}"

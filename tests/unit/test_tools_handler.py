@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from gateway_runtime.tenants import TenantDirectory
+from adapters.tenants import TenantDirectory
+from gateway_runtime.ports import Chunk, ToolSpecs
+from gateway_runtime.redis_keys import RedisKeys
 from llm_worker.handler import LLMHandler
-from llm_worker.model import Chunk, ToolSpecs
 from llm_worker.router import ModelRouter
 from llm_worker.tool_requests import ToolOffer
 from llm_worker.wire import ToolCallAccumulator, wire_messages
@@ -33,6 +34,7 @@ from tool_dispatcher.registry import ToolRegistry
 from tool_dispatcher.tools import BUILTIN_TOOLS
 
 TOPICS = Topics.for_namespace("t")
+KEYS = RedisKeys("t")
 
 
 class MemoryFanout:
@@ -134,15 +136,16 @@ def _llm(
 ) -> LLMHandler:
     return LLMHandler(
         topics=TOPICS,
+        keys=KEYS,
         router=ModelRouter(model, AlwaysHealthy()),  # type: ignore[arg-type]
-        fanout=fanout,  # type: ignore[arg-type]
-        attempts=Attempts(),  # type: ignore[arg-type]
+        fanout=fanout,
+        attempts=Attempts(),
         tools=ToolOffer(load_definitions(), tenants, max_rounds),
     )
 
 
 def _dispatcher(tenants: TenantDirectory, fanout: MemoryFanout) -> ToolDispatcher:
-    return ToolDispatcher(TOPICS, ToolRegistry(BUILTIN_TOOLS), tenants, fanout)
+    return ToolDispatcher(TOPICS, KEYS, ToolRegistry(BUILTIN_TOOLS), tenants, fanout)
 
 
 async def test_a_turn_goes_llm_tools_llm_and_completes_with_the_result(

@@ -81,9 +81,11 @@ def _checked(value: Any) -> Number:
         raise ToolError("the result is not a real number")
     if isinstance(value, float) and not math.isfinite(value):
         raise ToolError("the result is too large")
+    if not isinstance(value, int | float):
+        raise ToolError("the result is not a number")
     if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
         raise ToolError("the result is too large")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def format_number(value: Number) -> str:

@@ -1,0 +1,335 @@
+"""The ports: what the stage loop and each stage's handler need from the world.
+
+Handlers are typed against these Protocols, never against an adapter, so a handler reads
+as its stage's logic alone and a unit test hands it an in-memory twin. The adapters that
+implement them: `adapters/` (OpenFGA, OPA, budgets, profiles, memory, tenants), the
+runtime's fan-out (`fanout.py`) and Kafka wiring, and a few that belong to one stage
+(the LLM stage's router, the context stage's transcript, the persistence stage's store).
+Plain values that cross the ports are defined here too.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from schemas.codec import EncodedEvent
+from schemas.events import (
+    ChatMessage,
+    ErrorInfo,
+    Event,
+    ModelProfile,
+    ToolCall,
+    TurnCompleted,
+    Usage,
+)
+
+# ---- the stage loop ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """An event a handler wants produced, and where."""
+
+    topic: str
+    event: Event
+
+
+class StageHandler(Protocol):
+    """A stage's logic: one event in, the events to produce out. No Kafka in here."""
+
+    @property
+    def stage(self) -> str: ...
+
+    @property
+    def input_topic(self) -> str: ...
+
+    async def handle(self, event: Event) -> Sequence[Output]: ...
+
+
+class ConsumedRecord(Protocol):
+    """A record as a consumer hands it over (aiokafka's ConsumerRecord has these)."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+class RecordConsumer(Protocol):
+    """The consumer side of the stage loop: a member of the stage's consumer group."""
+
+    async def getmany(self, *, timeout_ms: int) -> Mapping[Any, Sequence[ConsumedRecord]]:
+        """Records per partition (any hashable stands for a partition)."""
+        ...
+
+    async def commit(self, offsets: Mapping[Any, int]) -> None:
+        """The next offset to read, per partition; raises RetryableError."""
+        ...
+
+
+class Publisher(Protocol):
+    async def publish(self, topic: str, record: EncodedEvent) -> None:
+        """Acknowledged by the broker when this returns; raises RetryableError, or
+        PublishRefused when the broker will never take this record."""
+        ...
+
+
+# Tells the client of a turn that a stage gave up on it (session_id, turn_id, error).
+FailureNotifier = Callable[[str, str, ErrorInfo], Awaitable[None]]
+
+
+# ---- the fan-out to clients ----------------------------------------------------------------
+
+
+class Fanout(Protocol):
+    """Publishes a session's client-visible events (see gateway_runtime/fanout.py)."""
+
+    async def publish(
+        self,
+        session_id: str,
+        turn_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        once_key: str | None = None,
+    ) -> str | None:
+        """The event's stream id; None when `once_key` was published before."""
+        ...
+
+    async def recorded(self, once_key: str) -> dict[str, Any] | None:
+        """The event published under `once_key`, if one was."""
+        ...
+
+    async def publish_error(self, session_id: str, turn_id: str, error: ErrorInfo) -> None: ...
+
+
+# ---- tenants and model profiles ------------------------------------------------------------
+
+DEFAULT_PERSONA = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """One tenant's prompt, budgets, limits and allow-lists (conf/tenants.yaml)."""
+
+    name: str
+    system_prompt: str = "You are a helpful, concise assistant."
+    # When OPA (the policy engine) or Redis (the rate limiter) cannot be reached: admit
+    # (True) or refuse (False, the default). Budget reservations hold either way.
+    fail_open: bool = False
+    tokens_per_day: int = 0
+    persona_tokens_per_day: dict[str, int] = field(default_factory=dict)
+    rpm_per_key: int = 0
+    rpm_per_tenant: int = 0
+    tpm_per_key: int = 0
+    tpm_per_tenant: int = 0
+    models_allow: list[str] = field(default_factory=lambda: ["*"])
+    models_deny: list[str] = field(default_factory=list)
+    tools_allow: list[str] = field(default_factory=list)
+    max_output_tokens: int = 256
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def budget_for(self, persona_id: str | None) -> int:
+        """Daily token budget of the persona (0 = unlimited)."""
+        return self.persona_tokens_per_day.get(persona_id or DEFAULT_PERSONA, self.tokens_per_day)
+
+    def model_allowed(self, model: str) -> bool:
+        if any(fnmatch.fnmatchcase(model, p) for p in self.models_deny):
+            return False
+        return any(fnmatch.fnmatchcase(model, p) for p in self.models_allow)
+
+    def tool_allowed(self, tool: str) -> bool:
+        return any(fnmatch.fnmatchcase(tool, p) for p in self.tools_allow)
+
+    @property
+    def rate_limited(self) -> bool:
+        return any((self.rpm_per_key, self.rpm_per_tenant, self.tpm_per_key, self.tpm_per_tenant))
+
+
+class Tenants(Protocol):
+    def get(self, name: str) -> Tenant:
+        """The tenant's configuration; an unknown tenant gets `default`'s limits."""
+        ...
+
+    def known(self, name: str) -> bool: ...
+
+    def names(self) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredProfile:
+    """A model profile: the model serving a role in a deployment mode, and its fallbacks."""
+
+    role: str
+    deployment_mode: str
+    model: str
+    base_url: str | None = None
+    api_path: str | None = None
+    temperature: float = 0.7
+    max_tokens: int = 256
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    fallbacks: list[str] = field(default_factory=list)
+    cost_per_1k_tokens: float | None = None
+
+    def to_event(self) -> ModelProfile:
+        return ModelProfile(
+            model=self.model,
+            role=self.role,
+            deployment_mode=self.deployment_mode,
+            base_url=self.base_url,
+            api_path=self.api_path,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            kwargs_json=json.dumps(self.kwargs),
+        )
+
+
+class Profiles(Protocol):
+    async def resolve(self, role: str) -> tuple[StoredProfile, list[StoredProfile]]:
+        """The role's profile (the default profile if the role has none) and its fallbacks."""
+        ...
+
+
+# ---- the policy stage ----------------------------------------------------------------------
+
+
+class Authorizer(Protocol):
+    """Relationship checks (OpenFGA): may `user` have `relation` on `obj`?"""
+
+    async def check(self, subject_user: str, relation: str, obj: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The policy engine's answer on one turn."""
+
+    allow: bool
+    reason: str
+    message: str
+    retry_after: float = 0.0
+
+
+class PolicyEngine(Protocol):
+    async def decide(self, policy_input: dict[str, Any]) -> Decision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUsage:
+    used: int
+    reserved: int
+    seconds_to_reset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    granted: bool
+    amount: int
+    usage: BudgetUsage
+
+
+class Budgets(Protocol):
+    """Daily token budgets: reserved before a turn's model call, settled after it."""
+
+    async def usage(self, tenant: str, persona: str) -> BudgetUsage: ...
+
+    async def reserve(
+        self, turn_id: str, tenant: str, persona: str, estimate: int, budget: int
+    ) -> Reservation:
+        """Hold `estimate` tokens for the turn if they fit; a repeat returns the first hold."""
+        ...
+
+    async def settle(self, turn_id: str, tenant: str, persona: str, actual_tokens: int) -> bool:
+        """Release the turn's reservation and count its usage; False if done before."""
+        ...
+
+
+# ---- the context and persistence stages ----------------------------------------------------
+
+
+class Transcript(Protocol):
+    async def recent(self, session_id: str, limit: int) -> list[ChatMessage]:
+        """The last `limit` messages of the session, oldest first."""
+        ...
+
+
+class Memory(Protocol):
+    async def recall(self, tenant: str, principal: str, query: str, limit: int) -> list[str]: ...
+
+    async def remember(
+        self, tenant: str, principal: str, session_id: str, turn_id: str, content: str
+    ) -> None:
+        """Idempotent per turn: a redelivered turn is remembered once."""
+        ...
+
+
+class TurnStore(Protocol):
+    async def save(self, turn: TurnCompleted) -> bool:
+        """Store a finished turn; False when it was stored before (a redelivery)."""
+        ...
+
+
+# ---- the LLM stage ---------------------------------------------------------------------------
+
+# Tool definitions in the OpenAI `tools` format (see schemas/tools).
+ToolSpecs = Sequence[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    text: str = ""
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    # Whole tool calls, on the answer's last chunk only (adapters join the streamed pieces).
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Answering:
+    """Which deployment is answering (yielded once, before its first chunk)."""
+
+    profile: ModelProfile
+    fallback: bool
+
+
+class ChatModel(Protocol):
+    """One model call, streamed; raises `ProviderError` (gateway_runtime.errors)."""
+
+    def stream(
+        self, profile: ModelProfile, messages: list[ChatMessage], tools: ToolSpecs = ()
+    ) -> AsyncIterator[Chunk]:
+        """Yield the answer's chunks as the provider sends them.
+
+        With `tools`, the model may answer with tool calls (finish reason `tool_calls`).
+        """
+        ...
+
+
+class Router(Protocol):
+    """Deployments in order (retries, fallbacks, breakers): raises AllDeploymentsFailed."""
+
+    def stream(
+        self, profiles: list[ModelProfile], messages: list[ChatMessage], tools: ToolSpecs = ()
+    ) -> AsyncIterator[Answering | Chunk]: ...
+
+
+class Attempts(Protocol):
+    async def begin(self, turn_id: str) -> int:
+        """Record a start of the turn; returns which attempt this is (1 = first)."""
+        ...

@@ -1,0 +1,104 @@
+"""Every Redis key of the mesh, named in one place, under the mesh's namespace.
+
+Meshes in different namespaces (`KAFKA_NAMESPACE`) share a Redis server without seeing
+each other's sessions, budgets, limits, breakers or cached keys: every name below starts
+with `<namespace>:`. Services and benchmarks build names only through `RedisKeys`.
+
+    <ns>:events:<session>                  a session's event log (stream), for resume
+    <ns>:live:<session>                    a session's live channel (pub/sub)
+    <ns>:once:<what>                       an event published at most once (its payload)
+    <ns>:budget:<tenant>:<persona>:<day>   a daily token budget (hash: used, reserved)
+    <ns>:budget:resv:<turn>                a turn's reservation (bucket and amount)
+    <ns>:budget:settled:<turn>             marks a turn's settlement as done
+    <ns>:rl:<limit>:<who>                  a rate limit's one-minute log (+ ":sum")
+    <ns>:breaker:<deployment>              a deployment's circuit breaker
+    <ns>:deployment-stats:<deployment>     its moving averages (TTFT, error rate)
+    <ns>:apikey:<key id>                   a cached API key record
+    <ns>:apikey-used:<key id>              limits `last_used_at` writes to one a minute
+    <ns>:turn-attempts:<turn>              how many times the LLM stage started a turn
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    namespace: str = "soma"
+
+    # ---- the fan-out -------------------------------------------------------------------
+    def stream(self, session_id: str) -> str:
+        return f"{self.namespace}:events:{session_id}"
+
+    def live(self, session_id: str) -> str:
+        return f"{self.live_prefix}{session_id}"
+
+    @property
+    def live_prefix(self) -> str:
+        return f"{self.namespace}:live:"
+
+    @property
+    def live_pattern(self) -> str:
+        return self.live_prefix + "*"
+
+    @property
+    def stream_pattern(self) -> str:
+        return self.stream("*")
+
+    # ---- events published once per turn (the fan-out keeps their payload) --------------
+    def turn_ended(self, turn_id: str) -> str:
+        """The final answer or the error that ends a turn."""
+        return f"{self.namespace}:once:turn-ended:{turn_id}"
+
+    def tool_calls(self, turn_id: str, tool_round: int) -> str:
+        """The tool calls the model asked for in one round of a turn."""
+        return f"{self.namespace}:once:tool-call:{turn_id}:{tool_round}"
+
+    def tool_result(self, turn_id: str, tool_round: int, call_id: str) -> str:
+        return f"{self.namespace}:once:tool-result:{turn_id}:{tool_round}:{call_id}"
+
+    # ---- budgets --------------------------------------------------------------------------
+    def budget(self, tenant: str, persona: str, day: str) -> str:
+        return f"{self.namespace}:budget:{tenant}:{persona}:{day}"
+
+    def budget_reservation(self, turn_id: str) -> str:
+        return f"{self.namespace}:budget:resv:{turn_id}"
+
+    def budget_settled(self, turn_id: str) -> str:
+        return f"{self.namespace}:budget:settled:{turn_id}"
+
+    # ---- rate limits ----------------------------------------------------------------------
+    def rate_log(self, limit: str, who: str) -> str:
+        """The limit's log (a sorted set); its running sum is this name + ':sum'."""
+        return f"{self.namespace}:rl:{limit}:{who}"
+
+    # ---- model deployments ----------------------------------------------------------------
+    @property
+    def breaker_prefix(self) -> str:
+        return f"{self.namespace}:breaker:"
+
+    @property
+    def deployment_stats_prefix(self) -> str:
+        return f"{self.namespace}:deployment-stats:"
+
+    def breaker(self, deployment: str) -> str:
+        return self.breaker_prefix + deployment
+
+    def deployment_stats(self, deployment: str) -> str:
+        return self.deployment_stats_prefix + deployment
+
+    # ---- API keys and turns ---------------------------------------------------------------
+    def api_key(self, key_id: str) -> str:
+        return f"{self.namespace}:apikey:{key_id}"
+
+    def api_key_used(self, key_id: str) -> str:
+        return f"{self.namespace}:apikey-used:{key_id}"
+
+    def turn_attempts(self, turn_id: str) -> str:
+        return f"{self.namespace}:turn-attempts:{turn_id}"
+
+    @property
+    def everything(self) -> str:
+        """A SCAN pattern matching every key of the namespace."""
+        return f"{self.namespace}:*"
