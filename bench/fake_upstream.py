@@ -9,6 +9,8 @@ hang (first token never comes), tool (streamed requests offering the `calculator
 answered with a streamed call `calculator({"expression": "6*7"})`; once the messages hold
 a `tool` result, or when no such tool is offered, the answer is text: "The result is
 <the last tool result>").
+The last 2,000 chat requests are kept: `GET /admin/requests?contains=<text>` returns those
+whose body holds <text>, in arrival order, so a test can check what a model was sent.
 
     python -m bench.fake_upstream --port 18099 --ttft-ms 50 --tokens 20 --gap-ms 5
 """
@@ -20,7 +22,10 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, replace
+from typing import Any
+from urllib.parse import parse_qs
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +41,7 @@ class FakeUpstream:
         self.default = default
         self.named: dict[str, Behaviour] = {}
         self.requests: dict[str, int] = {}
+        self.received: deque[tuple[str, dict[str, Any]]] = deque(maxlen=2000)
 
     def behaviour_for(self, model: str) -> Behaviour:
         if model in self.named:
@@ -73,7 +79,7 @@ class FakeUpstream:
     async def route(
         self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter
     ) -> bool:
-        path = path.split("?", 1)[0]
+        path, _, query = path.partition("?")
         if method == "GET" and path.endswith("/models"):
             return await self.send_json(
                 writer,
@@ -83,6 +89,10 @@ class FakeUpstream:
                     "data": [{"id": "fake", "object": "model", "owned_by": "bench"}],
                 },
             )
+        if method == "GET" and path == "/admin/requests":
+            wanted = parse_qs(query).get("contains", [""])[0]
+            matching = [body for text, body in self.received if wanted in text]
+            return await self.send_json(writer, 200, {"requests": matching})
         if method == "GET" and path == "/admin/stats":
             total = sum(self.requests.values())
             return await self.send_json(writer, 200, {"requests": total, "by_model": self.requests})
@@ -98,6 +108,7 @@ class FakeUpstream:
             request = json.loads(body or b"{}")
             model = str(request.get("model", ""))
             self.requests[model] = self.requests.get(model, 0) + 1
+            self.received.append((body.decode("utf-8", "replace"), request))
             return await self.complete(writer, request)
         return await self.send_json(writer, 404, {"error": {"message": f"no route {path}"}})
 

@@ -1,9 +1,11 @@
 """`python -m bench.run` (`make bench`): the gateway's latency and throughput, end to end.
 
-Starts the fake upstream and a whole mesh in a Kafka namespace of its own (as the tests
-do), drives it with open-loop load (bench/load.py) for each LLM transport, checks every
-turn was stored, and charges the CPU each process burnt to the turns of the window, so
-the report says not only how fast but what limits the rate on this machine.
+Starts the fake upstream and a whole mesh in a sandbox of its own (testbed/: its own
+Redis, OpenFGA and OPA, a database and a Kafka namespace, so a running `make up` stack is
+left alone), drives it with open-loop load (bench/load.py) for each LLM transport, and
+charges the CPU each process burnt to the turns of the window, so the report says not
+only how fast but what limits the rate on this machine. The run fails (exit 1) when an
+accepted turn was not stored or an answer came back short.
 
     python -m bench.run              # everything, ~6-8 minutes on 2 cores
     python -m bench.run --quick      # ~2 minutes
@@ -22,27 +24,21 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-from redis.asyncio import Redis
 
 from bench.load import Client, LoadRun, TurnResult, percentile, run_load, upstream_ttft
-from gateway_runtime.fanout import FanoutKeys
 from gateway_runtime.settings import CommonSettings
-from tests.mesh import ROOT, Mesh, delete_topics, mesh_env, start_fake_upstream, start_mesh
+from testbed.mesh import ROOT, Mesh, mesh_env, provision, start_fake_upstream, start_mesh
+from testbed.sandbox import COMPONENTS, Sandbox
 
 log = logging.getLogger("bench")
 
-SOMA_HOME = Path(os.environ.get("SOMA_HOME", Path.home() / ".cache" / "soma-gateway"))
-STATE = SOMA_HOME / "state"
-INFRA = ("kafka", "redis", "postgres", "opa", "openfga")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REPORTS = ROOT / "bench" / "reports"
 
@@ -107,14 +103,17 @@ def _tree_ticks(root: int, table: dict[int, tuple[int, int]]) -> int | None:
     return total
 
 
-def _infra_pids() -> dict[str, int]:
+def infra_pids(sandbox: Sandbox) -> dict[str, int]:
+    """The backing services' pids: the machine's Kafka and Postgres, the sandbox's others."""
+    state = sandbox.base.soma_home / "state"
     pids: dict[str, int] = {}
-    for name in INFRA:
-        path = (
-            STATE / "postgres" / "postmaster.pid" if name == "postgres" else STATE / f"{name}.pid"
-        )
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            pids[name] = int(path.read_text().split()[0])
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pids["kafka"] = int((state / "kafka.pid").read_text().split()[0])
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pids["postgres"] = int((state / "postgres" / "postmaster.pid").read_text().split()[0])
+    for name in COMPONENTS:
+        with contextlib.suppress(OSError, ValueError):
+            pids[name] = sandbox.pid(name)
     return pids
 
 
@@ -206,57 +205,31 @@ async def count_stored(dsn: str, turn_ids: list[str], timeout_s: float = 60) -> 
         await conn.close()
 
 
-async def tear_down(
-    settings: CommonSettings, mesh: Mesh, fake: subprocess.Popen[bytes], turn_ids: list[str]
-) -> int | None:
-    """Stop the mesh and the fake, and drop what the run left in the shared stores.
-
-    Returns how many Redis keys were dropped (None if that failed)."""
-    namespace = mesh.env["KAFKA_NAMESPACE"]
+async def tear_down(sandbox: Sandbox, mesh: Mesh, fake: subprocess.Popen[bytes]) -> None:
+    """Stop the mesh and the fake; the sandbox takes its database, topics and keys along."""
     mesh.stop_all()
     fake.terminate()
     with contextlib.suppress(subprocess.TimeoutExpired):
         fake.wait(10)
-    with contextlib.suppress(Exception):
-        await delete_topics(settings.kafka_bootstrap_servers, namespace)
-    with contextlib.suppress(Exception):
-        await drop_profiles(settings.postgres_dsn, namespace)
-    with contextlib.suppress(Exception):
-        return await drop_bench_keys(settings.redis_url, namespace, turn_ids)
-    return None
+    await sandbox.close()
 
 
-async def drop_profiles(dsn: str, deployment_mode: str) -> None:
-    """The model profiles the context stage created for this run's deployment mode."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute("DELETE FROM model_profiles WHERE deployment_mode = $1", deployment_mode)
-    finally:
-        await conn.close()
-
-
-async def drop_bench_keys(redis_url: str, namespace: str, turn_ids: list[str]) -> int:
-    """The bench's sessions' event logs and turn keys: 24 h of garbage otherwise."""
-    redis = Redis.from_url(redis_url)
-    dropped = 0
-    try:
-        batch: list[bytes | str] = []
-        pattern = FanoutKeys(namespace).stream("*")
-        async for key in redis.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                dropped += await redis.unlink(*batch)
-                batch = []
-        for tid in turn_ids:
-            batch += [f"soma:turn-ended:{tid}", f"soma:turn-attempts:{tid}"]
-            if len(batch) >= 1000:
-                dropped += await redis.unlink(*batch)
-                batch = []
-        if batch:
-            dropped += await redis.unlink(*batch)
-    finally:
-        await redis.aclose()
-    return dropped
+def failures(report: dict[str, Any]) -> list[str]:
+    """What makes a run fail: turns accepted but not stored, answers cut short."""
+    found = []
+    for t in report["transports"]:
+        storage = t["storage"]
+        if storage["stored"] < storage["total"]:
+            found.append(
+                f"{t['transport']}: {storage['total'] - storage['stored']} of "
+                f"{storage['total']} accepted turns were not stored"
+            )
+        runs = [t["latency"]] if "latency" in t else []
+        runs += t.get("throughput", {}).get("steps", [])
+        short = sum(r["short_answers"] for r in runs)
+        if short:
+            found.append(f"{t['transport']}: {short} answers had fewer than 20 deltas")
+    return found
 
 
 # ---- scenarios ------------------------------------------------------------------------
@@ -264,6 +237,7 @@ async def drop_bench_keys(redis_url: str, namespace: str, turn_ids: list[str]) -
 
 @dataclass
 class Bench:
+    sandbox: Sandbox
     mesh: Mesh
     client: Client
     probe: CpuProbe
@@ -342,7 +316,7 @@ async def run_transport(bench: Bench, transport: str, scenarios: set[str]) -> di
         sustained = [s["target_rate"] for s in steps if s["sustained"]]
         out["throughput"] = {"steps": steps, "max_sustained_rate": max(sustained, default=0)}
     ids = bench.turn_ids[first:]
-    out["storage"] = await count_stored(CommonSettings().postgres_dsn, ids)
+    out["storage"] = await count_stored(bench.sandbox.postgres_dsn, ids)
     return out
 
 
@@ -479,13 +453,12 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
         plan = Plan(**{**plan.__dict__, "rates": tuple(float(r) for r in args.rates.split(","))})
     scenarios = set(args.scenarios.split(","))
     transports = args.transports.split(",")
-    settings = CommonSettings()
     started = time.monotonic()
-    namespace = f"bench{uuid.uuid4().hex[:8]}"
-    log_dir = Path(tempfile.mkdtemp(prefix="soma-bench-"))
+    sandbox = await Sandbox.open("bench", CommonSettings())
+    log_dir = sandbox.dir
     report: dict[str, Any] = {
         "machine": machine_info(),
-        "namespace": namespace,
+        "namespace": sandbox.namespace,
         "logs": str(log_dir),
         "plan": plan.__dict__,
         "load_generator": "raw asyncio HTTP/1.1 client (bench/load.py), uvloop if present",
@@ -493,16 +466,7 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
     }
     fake, fake_url = start_fake_upstream(log_dir)
     port = int(fake_url.rsplit(":", 1)[1])
-    env = mesh_env(
-        namespace,
-        fake_url + "/v1",
-        settings,
-        LLM_TRANSPORT=transports[0],
-        LOG_LEVEL=args.log_level,
-        # Model profiles live in the shared Postgres, created once per deployment mode: a
-        # mode of our own makes the context stage use this run's fake upstream.
-        DEPLOYMENT_MODE=namespace,
-    )
+    env = mesh_env(sandbox, fake_url + "/v1", LLM_TRANSPORT=transports[0], LOG_LEVEL=args.log_level)
     mesh = Mesh(env=env, log_dir=log_dir)
     turn_ids: list[str] = []
     client = Client("127.0.0.1", int(env["GATEWAY_PORT"]))
@@ -515,7 +479,8 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
             "used": percentile(direct, 50),
             "samples": len(direct),
         }
-        log.info("starting mesh %s (logs %s)", namespace, log_dir)
+        log.info("starting mesh %s (logs %s)", sandbox.namespace, log_dir)
+        await provision(env)
         await start_mesh(mesh)
 
         def pids() -> dict[str, int]:
@@ -524,23 +489,24 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
                 **named,
                 "fake_upstream": fake.pid,
                 "loadgen": os.getpid(),
-                **_infra_pids(),
+                **infra_pids(sandbox),
             }
 
         bench = Bench(
+            sandbox=sandbox,
             mesh=mesh,
             client=client,
             probe=CpuProbe(pids),
             upstream_ttft_ms=report["upstream_ttft_ms"]["used"],
             plan=plan,
-            prefix=f"{namespace}-s",
+            prefix=f"{sandbox.namespace}-s",
             turn_ids=turn_ids,
         )
         for transport in transports:
             report["transports"].append(await run_transport(bench, transport, scenarios))
     finally:
         await client.close()
-        report["redis_keys_dropped"] = await tear_down(settings, mesh, fake, turn_ids)
+        await tear_down(sandbox, mesh, fake)
     report["wall_s"] = time.monotonic() - started
     return report
 
@@ -569,8 +535,12 @@ def main() -> None:
     args = parser.parse_args()
     report = run_bench(bench_main(args))
     args.report.parent.mkdir(parents=True, exist_ok=True)
+    report["failures"] = failures(report)
     args.report.write_text(json.dumps(report, indent=2, default=str) + "\n")
     sys.stdout.write(render(report) + f"\nreport: {args.report}\n")
+    if report["failures"]:
+        sys.stdout.write("FAILED: " + "; ".join(report["failures"]) + "\n")
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

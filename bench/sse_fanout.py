@@ -49,7 +49,6 @@ import sys
 import tempfile
 import time
 import tracemalloc
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -60,7 +59,8 @@ from redis.asyncio import Redis
 from bench.load import Client, pct_dict
 from bench.run import machine_info, run_bench, tear_down
 from gateway_runtime.settings import CommonSettings
-from tests.mesh import ROOT, Mesh, mesh_env, start_fake_upstream, start_mesh
+from testbed.mesh import ROOT, Mesh, mesh_env, provision, start_fake_upstream, start_mesh
+from testbed.sandbox import Sandbox
 
 log = logging.getLogger("bench.sse_fanout")
 
@@ -774,9 +774,9 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
     nofile = raise_nofile()
     max_clients = nofile[0] - FD_MARGIN
     levels = [int(x) for x in args.clients.split(",")] if not args.profile else [args.profile]
-    settings = CommonSettings()
-    namespace = f"ssefan{uuid.uuid4().hex[:8]}"
-    log_dir = Path(tempfile.mkdtemp(prefix="soma-sse-fanout-"))
+    sandbox = await Sandbox.open("ssefan", CommonSettings())
+    namespace = sandbox.namespace
+    log_dir = sandbox.dir
     report: dict[str, Any] = {
         "machine": machine_info(),
         "namespace": namespace,
@@ -793,16 +793,15 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
     }
     fake, fake_url = start_fake_upstream(log_dir)
     env = mesh_env(
-        namespace,
+        sandbox,
         fake_url + "/v1",
-        settings,
         LOG_LEVEL=args.log_level,
         SSE_KEEPALIVE_S=str(args.keepalive_s),
     )
     mesh = Mesh(env=env, log_dir=log_dir)
     trace_root = Path(tempfile.mkdtemp(prefix="soma-sse-trace-")) if args.profile else None
     http = httpx.AsyncClient()
-    redis = Redis.from_url(settings.redis_url)
+    redis = Redis.from_url(sandbox.redis_url)
     run = Run(
         mesh=mesh,
         http=http,
@@ -814,6 +813,7 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
     )
     try:
         log.info("starting mesh %s (logs %s), open-files limit %s", namespace, log_dir, nofile)
+        await provision(env)
         await start_mesh(mesh)
         for i, n in enumerate(levels):
             if n > max_clients:
@@ -838,8 +838,8 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
             s.close()
         await run.poster.close()
         await http.aclose()
-        report["redis_keys_dropped"] = await tear_down(settings, mesh, fake, run.turn_ids)
         await redis.aclose()
+        await tear_down(sandbox, mesh, fake)
     report["wall_s"] = time.monotonic() - started
     return report
 

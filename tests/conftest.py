@@ -1,38 +1,37 @@
 """Fixtures shared by the integration and end-to-end tests.
 
-They need the real infrastructure that `make test` starts (deploy/infra.sh); the mesh
-itself (ingress + workers) is started here in a Kafka namespace of its own, against a
-fake OpenAI-compatible upstream on loopback.
+They need the machine's Kafka and Postgres servers (`make test` starts them with
+deploy/infra.sh). Everything else a mesh uses is its sandbox's own (testbed/sandbox.py):
+Redis, OpenFGA and OPA instances, a database, a Kafka namespace; so the suite can stop
+any of them, and a gateway that `make up` runs on the same machine is never touched
+(`running_stack_untouched` checks it). The model upstream is a fake on loopback.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from gateway_runtime.settings import CommonSettings
-from tests.mesh import Mesh, delete_topics, mesh_env, start_fake_upstream, start_mesh
+from testbed.mesh import Mesh, mesh_env, provision, start_fake_upstream, start_mesh
+from testbed.sandbox import Sandbox
 from tests.stack_guard import snapshot
 
 
 @pytest.fixture(scope="session")
 def settings() -> CommonSettings:
+    """The machine's running stack (what `make up` uses): the suite only reads it."""
     return CommonSettings()
 
 
 @pytest.fixture(scope="session", autouse=True)
 async def running_stack_untouched(settings: CommonSettings) -> AsyncIterator[None]:
     """The stack `make up` runs here is exactly as it was once the suite is done."""
-    soma_home = Path(os.environ.get("SOMA_HOME", Path.home() / ".cache" / "soma-gateway"))
-    before = await snapshot(settings, soma_home)
+    before = await snapshot(settings)
     yield
-    after = await snapshot(settings, soma_home)
+    after = await snapshot(settings)
     changed = before.differences(after)
     assert not changed, "the suite changed the running stack:\n" + "\n".join(changed)
 
@@ -47,17 +46,26 @@ def fake_llm() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def mesh(fake_llm: str, settings: CommonSettings) -> AsyncIterator[Mesh]:
-    namespace = f"test{uuid.uuid4().hex[:8]}"
-    log_dir = Path(tempfile.mkdtemp(prefix="soma-mesh-"))
-    mesh = Mesh(env=mesh_env(namespace, fake_llm + "/v1", settings), log_dir=log_dir)
+async def sandbox(settings: CommonSettings) -> AsyncIterator[Sandbox]:
+    """The backing services of the auth-off mesh, and of tests that need only a Redis."""
+    sandbox = await Sandbox.open("test", settings)
     try:
+        yield sandbox
+    finally:
+        await sandbox.close()
+
+
+@pytest.fixture(scope="session")
+async def mesh(fake_llm: str, sandbox: Sandbox) -> AsyncIterator[Mesh]:
+    """A mesh with auth off (`make up`'s local profile), models on the fake upstream."""
+    mesh = Mesh(env=mesh_env(sandbox, fake_llm + "/v1"), log_dir=sandbox.dir)
+    try:
+        await provision(mesh.env)
         await start_mesh(mesh)
         yield mesh
     finally:
         mesh.stop_all()
-        await delete_topics(settings.kafka_bootstrap_servers, namespace)
-        print(f"mesh logs: {log_dir}")
+        print(f"mesh logs: {sandbox.dir}")
 
 
 @pytest.fixture

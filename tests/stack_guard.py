@@ -21,10 +21,21 @@ from redis.exceptions import RedisError
 
 from gateway_runtime.settings import CommonSettings
 
-COMPONENTS = ("redis", "kafka", "openfga", "opa", "llm", *(
-    "policy_worker", "context_worker", "llm_worker", "tool_dispatcher", "persistence_worker",
-    "ingress",
-))
+COMPONENTS = (
+    "redis",
+    "kafka",
+    "openfga",
+    "opa",
+    "llm",
+    *(
+        "policy_worker",
+        "context_worker",
+        "llm_worker",
+        "tool_dispatcher",
+        "persistence_worker",
+        "ingress",
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -131,9 +142,9 @@ async def _fga(api_url: str) -> dict[str, Any]:
         return state
 
 
-async def snapshot(settings: CommonSettings, soma_home: Path) -> StackSnapshot:
+async def snapshot(settings: CommonSettings) -> StackSnapshot:
     return StackSnapshot(
-        pids=_pids(soma_home / "state"),
+        pids=_pids(settings.soma_home / "state"),
         rows=await _rows(settings.postgres_dsn),
         redis_keys=await _redis_keys(settings.redis_url),
         topic_ends=await _topic_ends(settings.kafka_bootstrap_servers, settings.kafka_namespace),

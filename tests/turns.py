@@ -1,15 +1,20 @@
-"""Helpers the end-to-end tests share: start a turn, follow it, check what was stored."""
+"""Helpers the end-to-end tests share: start a turn, follow it, check what was stored,
+what the durable log holds and what the model upstream was sent."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import httpx
+from redis.asyncio import Redis
 
-from tests.mesh import Mesh
+from testbed.mesh import Mesh
+from testbed.sandbox import Sandbox
 from tests.sse import SseEvent, read_events
 
 
@@ -22,12 +27,18 @@ async def turn(
     role: str = "dialogue",
     session_id: str | None = None,
     message: str = "hi",
+    **extra: Any,
 ) -> list[SseEvent]:
     """Post a message with the given model role and read its events to the end."""
     session_id = session_id or f"s-{uuid.uuid4().hex}"
     r = await client.post(
         "/v1/session/message",
-        json={"session_id": session_id, "message": message, "metadata": {"model_role": role}},
+        json={
+            "session_id": session_id,
+            "message": message,
+            "metadata": {"model_role": role},
+            **extra,
+        },
     )
     assert r.status_code == 202, r.text
     turn_id = r.json()["event_id"]
@@ -86,3 +97,25 @@ async def stored_messages(
     finally:
         await conn.close()
     return [(r["role"], r["content"]) for r in rows]
+
+
+async def logged_events(sandbox: Sandbox, session_id: str) -> list[dict[str, Any]]:
+    """Every event of the session's durable log (the Redis stream SSE resumes from)."""
+    redis = Redis.from_url(sandbox.redis_url)
+    try:
+        entries = await redis.xrange(sandbox.keys.stream(session_id))
+    finally:
+        await redis.aclose()
+    return [json.loads(fields[b"e"]) for _, fields in entries]
+
+
+async def sent_upstream(fake_llm: str, contains: str) -> list[list[tuple[str, str]]]:
+    """The (role, content) messages of each chat request the fake upstream received whose
+    body holds `contains`, oldest first: what the model was actually sent."""
+    async with httpx.AsyncClient(base_url=fake_llm) as fake:
+        r = await fake.get("/admin/requests", params={"contains": contains})
+    r.raise_for_status()
+    return [
+        [(m["role"], m.get("content") or "") for m in request["messages"]]
+        for request in r.json()["requests"]
+    ]

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from aiokafka.partitioner import murmur2
 
-from gateway_runtime.settings import CommonSettings
-from tests.mesh import Mesh
+from testbed.mesh import Mesh
+from testbed.sandbox import Sandbox
 from tests.turns import profile, turn, wait_stored
 
 
@@ -53,7 +53,7 @@ async def test_fallback_profile_answers_when_the_primary_fails(
 
 
 async def test_mid_stream_reset_is_an_error_never_a_finished_answer(
-    client: httpx.AsyncClient, mesh: Mesh, fake_llm: str, settings: CommonSettings
+    client: httpx.AsyncClient, mesh: Mesh, fake_llm: str, sandbox: Sandbox
 ) -> None:
     await profile(client, mesh, "cut", "openai/fake:reset", fake_llm, ["steady"])
     await profile(client, mesh, "steady", "openai/fake", fake_llm)
@@ -64,8 +64,8 @@ async def test_mid_stream_reset_is_an_error_never_a_finished_answer(
     assert events[-1].data["data"]["code"] == "llm_stream_interrupted"
     assert 0 < types.count("assistant.delta") < 20
     turn_id = events[-1].turn_id
-    await wait_stored(settings.postgres_dsn, turn_id)
-    conn = await asyncpg.connect(settings.postgres_dsn)
+    await wait_stored(sandbox.postgres_dsn, turn_id)
+    conn = await asyncpg.connect(sandbox.postgres_dsn)
     try:
         status = await conn.fetchval("SELECT status FROM turns WHERE turn_id = $1", turn_id)
         messages = await conn.fetchval("SELECT count(*) FROM messages WHERE turn_id = $1", turn_id)

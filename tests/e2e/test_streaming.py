@@ -11,8 +11,8 @@ import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
-from gateway_runtime.settings import CommonSettings
-from tests.mesh import ROOT, Mesh
+from testbed.mesh import Mesh
+from testbed.sandbox import Sandbox
 from tests.sse import SseEvent, read_events
 from tests.turns import ends_turn, profile, turn
 
@@ -45,9 +45,9 @@ async def test_sse_headers_and_keep_alive(mesh: Mesh) -> None:
 
 
 async def test_200_clients_one_subscription_each_gets_only_its_session(
-    client: httpx.AsyncClient, settings: CommonSettings
+    client: httpx.AsyncClient, sandbox: Sandbox
 ) -> None:
-    redis = Redis.from_url(settings.redis_url)
+    redis = Redis.from_url(sandbox.redis_url)
     patterns_before = await redis.pubsub_numpat()
     sessions = [f"s-{uuid.uuid4().hex}" for _ in range(50)]
     ready = asyncio.Semaphore(0)
@@ -120,13 +120,6 @@ async def test_websocket_starts_a_turn_and_streams_its_events(mesh: Mesh) -> Non
     assert all(f["id"] for f in frames[1:])
 
 
-async def _infra(action: str, component: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "bash", str(ROOT / "deploy" / "infra.sh"), action, component
-    )
-    assert await proc.wait() == 0
-
-
 @pytest.fixture
 async def slow_named(fake_llm: str):
     async with httpx.AsyncClient() as fake:
@@ -138,7 +131,7 @@ async def slow_named(fake_llm: str):
 
 
 async def test_redis_stopped_during_a_turn_the_client_still_gets_the_final_answer(
-    client: httpx.AsyncClient, mesh: Mesh, fake_llm: str, slow_named: str
+    client: httpx.AsyncClient, mesh: Mesh, sandbox: Sandbox, fake_llm: str, slow_named: str
 ) -> None:
     await profile(client, mesh, "slow", slow_named, fake_llm)
     session_id = f"s-{uuid.uuid4().hex}"
@@ -157,10 +150,10 @@ async def test_redis_stopped_during_a_turn_the_client_still_gets_the_final_answe
     reader = asyncio.create_task(read_events(client, f"/v1/session/{session_id}/events", until))
     try:
         await asyncio.wait_for(streaming.wait(), 30)
-        await _infra("stop", "redis")
+        await sandbox.stop("redis")  # the mesh's own Redis, never the machine's
         events = await asyncio.wait_for(reader, 60)
     finally:
-        await _infra("start", "redis")
+        await sandbox.start("redis")
     assert events[-1].type == "assistant.final"
     assert any(e.id.startswith("pg-") for e in events)  # came through the fallback log
     final_text = events[-1].data["data"]["text"]
@@ -171,13 +164,13 @@ async def test_redis_stopped_during_a_turn_the_client_still_gets_the_final_answe
 
 
 async def test_a_turn_with_the_real_local_model(
-    client: httpx.AsyncClient, mesh: Mesh, settings: CommonSettings
+    client: httpx.AsyncClient, mesh: Mesh, sandbox: Sandbox
 ) -> None:
     r = await client.put(
         f"/v1/model-profiles/local/{mesh.env['DEPLOYMENT_MODE']}",
         json={
             "model": "openai/smollm2",
-            "base_url": settings.local_llm_base_url,
+            "base_url": mesh.env["LOCAL_LLM_BASE_URL"],
             "max_tokens": 32,
             "temperature": 0.2,
         },

@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from gateway_runtime.settings import CommonSettings
-from tests.mesh import Mesh
-from tests.turns import profile, stored_messages, turn, wait_stored
+from testbed.mesh import Mesh
+from testbed.sandbox import Sandbox
+from tests.turns import logged_events, profile, stored_messages, turn, wait_stored
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ async def upstream_calls(fake_llm: str, model: str) -> int:
 
 @pytest.mark.usefixtures("tools_stage")
 async def test_a_tool_call_streams_runs_and_feeds_the_answer_which_is_stored_once(
-    client: httpx.AsyncClient, mesh: Mesh, fake_llm: str, settings: CommonSettings
+    client: httpx.AsyncClient, mesh: Mesh, fake_llm: str, sandbox: Sandbox
 ) -> None:
     await profile(client, mesh, "calc", "openai/fake:tool", fake_llm)
     calls_before = await upstream_calls(fake_llm, "fake:tool")
@@ -48,8 +48,10 @@ async def test_a_tool_call_streams_runs_and_feeds_the_answer_which_is_stored_onc
     assert await upstream_calls(fake_llm, "fake:tool") == calls_before + 2
 
     turn_id = events[-1].turn_id
-    assert await wait_stored(settings.postgres_dsn, turn_id) == (1, 2)
-    assert await stored_messages(settings.postgres_dsn, turn_id=turn_id) == [
+    assert await wait_stored(sandbox.postgres_dsn, turn_id) == (1, 2)
+    assert await stored_messages(sandbox.postgres_dsn, turn_id=turn_id) == [
         ("user", "what is 6*7?"),
         ("assistant", final["text"]),
     ]
+    logged = [e["type"] for e in await logged_events(sandbox, events[-1].data["session_id"])]
+    assert [logged.count(t) for t in ("tool.call", "tool.result", "assistant.final")] == [1, 1, 1]

@@ -1,4 +1,8 @@
-"""One turn end to end through every stage, on the real infrastructure."""
+"""One turn end to end through every stage, on the real infrastructure.
+
+"Stored once" is checked where a duplicate would show: the events in the session's
+durable log, the rows of the whole session, and the transcript the model is sent next.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,23 @@ import uuid
 
 import httpx
 
-from gateway_runtime.settings import CommonSettings
-from tests.sse import SseEvent, read_events
-from tests.turns import ends_turn, stored_messages, wait_stored
+from context_worker.prompts import ACTION_PROMPTS
+from testbed.sandbox import Sandbox
+from tests.sse import read_events
+from tests.turns import (
+    ends_turn,
+    logged_events,
+    sent_upstream,
+    stored_messages,
+    turn,
+    wait_stored,
+)
+
+SYSTEM = ("system", "You are a helpful, concise assistant.")
 
 
 async def test_a_turn_streams_deltas_then_the_final_answer_and_is_stored_once(
-    client: httpx.AsyncClient, settings: CommonSettings
+    client: httpx.AsyncClient, sandbox: Sandbox
 ) -> None:
     session_id = f"s-{uuid.uuid4().hex}"
     r = await client.post(
@@ -37,43 +51,41 @@ async def test_a_turn_streams_deltas_then_the_final_answer_and_is_stored_once(
     ids = [e.id for e in events]
     assert len(set(ids)) == len(ids)
 
-    assert await wait_stored(settings.postgres_dsn, turn_id) == (1, 2)
-    assert await stored_messages(settings.postgres_dsn, session_id=session_id) == [
+    assert await wait_stored(sandbox.postgres_dsn, turn_id) == (1, 2)
+    assert await stored_messages(sandbox.postgres_dsn, session_id=session_id) == [
         ("user", "hello there"),
         ("assistant", final["text"]),
     ]
+    logged = [e["type"] for e in await logged_events(sandbox, session_id)]
+    assert logged == ["turn.accepted", *["assistant.delta"] * 20, "assistant.final"]
 
 
-async def test_the_next_turn_sees_the_transcript(
-    client: httpx.AsyncClient, settings: CommonSettings
+async def test_the_next_turn_sends_the_model_the_transcript_once(
+    client: httpx.AsyncClient, sandbox: Sandbox, fake_llm: str
 ) -> None:
-    session_id = f"s-{uuid.uuid4().hex}"
-    first = (
-        await client.post("/v1/session/message", json={"session_id": session_id, "message": "one"})
-    ).json()
-    await read_events(client, f"/v1/session/{session_id}/events", ends_turn(first["event_id"]))
-    await wait_stored(settings.postgres_dsn, first["event_id"])
-    second = (
-        await client.post("/v1/session/message", json={"session_id": session_id, "message": "two"})
-    ).json()
-    events: list[SseEvent] = await read_events(
-        client, f"/v1/session/{session_id}/events", ends_turn(second["event_id"])
-    )
-    assert events[-1].type == "assistant.final"
-    assert await wait_stored(settings.postgres_dsn, second["event_id"]) == (1, 2)
+    session_id, marker = f"s-{uuid.uuid4().hex}", uuid.uuid4().hex
+    first = await turn(client, session_id=session_id, message=f"one {marker}")
+    await wait_stored(sandbox.postgres_dsn, first[-1].turn_id)
+    second = await turn(client, session_id=session_id, message=f"two {marker}")
+    assert second[-1].type == "assistant.final"
+    assert await wait_stored(sandbox.postgres_dsn, second[-1].turn_id) == (1, 2)
+
+    sent_first, sent_second = await sent_upstream(fake_llm, marker)
+    assert sent_first == [SYSTEM, ("user", f"one {marker}")]
+    assert sent_second[0][0] == "system"  # the prompt, and what memory recalled
+    assert sent_second[1:] == [
+        ("user", f"one {marker}"),
+        ("assistant", first[-1].data["data"]["text"]),
+        ("user", f"two {marker}"),
+    ]
 
 
 async def test_a_session_action_runs_as_a_turn_over_the_transcript(
-    client: httpx.AsyncClient, settings: CommonSettings
+    client: httpx.AsyncClient, sandbox: Sandbox, fake_llm: str
 ) -> None:
-    session_id = f"s-{uuid.uuid4().hex}"
-    first = (
-        await client.post(
-            "/v1/session/message", json={"session_id": session_id, "message": "plan a trip"}
-        )
-    ).json()
-    await read_events(client, f"/v1/session/{session_id}/events", ends_turn(first["event_id"]))
-    await wait_stored(settings.postgres_dsn, first["event_id"])
+    session_id, marker = f"s-{uuid.uuid4().hex}", uuid.uuid4().hex
+    first = await turn(client, session_id=session_id, message=f"plan a trip {marker}")
+    await wait_stored(sandbox.postgres_dsn, first[-1].turn_id)
     r = await client.post(
         "/v1/session/action", json={"session_id": session_id, "action": "summarize"}
     )
@@ -81,6 +93,14 @@ async def test_a_session_action_runs_as_a_turn_over_the_transcript(
     action_id = r.json()["event_id"]
     events = await read_events(client, f"/v1/session/{session_id}/events", ends_turn(action_id))
     assert events[-1].type == "assistant.final"
-    assert await wait_stored(settings.postgres_dsn, action_id) == (1, 2)
-    stored = await stored_messages(settings.postgres_dsn, turn_id=action_id)
+    assert await wait_stored(sandbox.postgres_dsn, action_id) == (1, 2)
+    stored = await stored_messages(sandbox.postgres_dsn, turn_id=action_id)
     assert stored[0] == ("user", "[action] summarize")
+
+    *_, sent_action = await sent_upstream(fake_llm, marker)
+    assert sent_action == [
+        SYSTEM,
+        ("user", f"plan a trip {marker}"),
+        ("assistant", first[-1].data["data"]["text"]),
+        ("user", ACTION_PROMPTS["summarize"]),
+    ]

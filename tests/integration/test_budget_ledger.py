@@ -10,17 +10,17 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from gateway_runtime.budget import RedisBudgetLedger, bucket_key, day_of
-from gateway_runtime.settings import CommonSettings
+from adapters.budgets import RedisBudgetLedger, day_of
+from testbed.sandbox import Sandbox
 
 
 @pytest.fixture
-async def ledger(settings: CommonSettings) -> AsyncIterator[tuple[RedisBudgetLedger, Redis]]:
+async def ledger(sandbox: Sandbox) -> AsyncIterator[tuple[RedisBudgetLedger, Redis]]:
     # a blocking pool: 300 concurrent calls queue for its connections instead of failing
-    pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=50)
+    pool = BlockingConnectionPool.from_url(sandbox.redis_url, max_connections=50)
     redis = Redis(connection_pool=pool)
     try:
-        yield RedisBudgetLedger(redis), redis
+        yield RedisBudgetLedger(redis, sandbox.keys), redis
     finally:
         await redis.aclose()
         await pool.disconnect()
@@ -40,7 +40,7 @@ async def test_concurrent_reservations_never_exceed_the_budget(
 
 
 async def test_reserve_and_settle_are_idempotent_per_turn(
-    ledger: tuple[RedisBudgetLedger, Redis],
+    ledger: tuple[RedisBudgetLedger, Redis], sandbox: Sandbox
 ) -> None:
     budgets, redis = ledger
     tenant, turn = f"t-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
@@ -52,7 +52,7 @@ async def test_reserve_and_settle_are_idempotent_per_turn(
     assert await budgets.settle(turn, tenant, "p", 42) is False  # redelivered completion
     usage = await budgets.usage(tenant, "p")
     assert (usage.used, usage.reserved) == (42, 0)
-    assert int(await redis.ttl(bucket_key(tenant, "p", day_of(time.time())))) > 86400
+    assert int(await redis.ttl(sandbox.keys.budget(tenant, "p", day_of(time.time())))) > 86400
 
 
 async def test_a_failed_turn_releases_its_reservation(

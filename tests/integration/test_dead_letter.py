@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from schemas.codec import Codec, header
 from schemas.events import TurnRequested
 from schemas.topics import Topics
-from tests.mesh import Mesh
+from testbed.mesh import Mesh
 from tests.sse import read_events
 from tests.turns import ends_turn
 

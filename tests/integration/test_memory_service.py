@@ -14,9 +14,9 @@ import asyncpg
 import httpx
 import pytest
 
+from adapters.memory import PostgresMemory, SomaBrainMemory, open_memory
 from gateway_runtime.errors import DependencyUnavailable
-from gateway_runtime.memory import PostgresMemory, SomaBrainMemory, open_memory
-from gateway_runtime.settings import CommonSettings
+from testbed.sandbox import Sandbox
 
 
 class FakeMemoryService:
@@ -99,8 +99,8 @@ async def test_an_unavailable_service_is_a_retryable_error(
             await memory.remember("acme", "alice", "s", "t", "x")
 
 
-async def test_somabrain_url_selects_the_adapter(settings: CommonSettings) -> None:
-    pool = await asyncpg.create_pool(settings.postgres_dsn, min_size=1, max_size=1)
+async def test_somabrain_url_selects_the_adapter(sandbox: Sandbox) -> None:
+    pool = await asyncpg.create_pool(sandbox.postgres_dsn, min_size=1, max_size=1)
     try:
         async with httpx.AsyncClient() as http:
             assert isinstance(open_memory("http://memory:9000", pool, http), SomaBrainMemory)

@@ -7,9 +7,9 @@ import uuid
 import httpx
 from redis.asyncio import Redis
 
-from gateway_runtime.deployments import DeploymentHealth
-from gateway_runtime.settings import CommonSettings
-from tests.mesh import Mesh
+from adapters.deployments import DeploymentHealth
+from testbed.mesh import Mesh
+from testbed.sandbox import Sandbox
 
 
 async def test_profile_lifecycle_and_validation(client: httpx.AsyncClient, mesh: Mesh) -> None:
@@ -52,7 +52,7 @@ async def test_profile_lifecycle_and_validation(client: httpx.AsyncClient, mesh:
 
 
 async def test_route_prefers_healthy_fast_cheap_and_skips_open_breakers(
-    client: httpx.AsyncClient, mesh: Mesh, settings: CommonSettings
+    client: httpx.AsyncClient, mesh: Mesh, sandbox: Sandbox
 ) -> None:
     mode = f"r{uuid.uuid4().hex[:8]}"
     for role, cost in (("fast", 0.5), ("slow", 0.5), ("broken", 0.01)):
@@ -67,8 +67,8 @@ async def test_route_prefers_healthy_fast_cheap_and_skips_open_breakers(
             },
         )
         assert r.status_code == 201
-    redis = Redis.from_url(settings.redis_url)
-    health = DeploymentHealth(redis, threshold=2)
+    redis = Redis.from_url(sandbox.redis_url)
+    health = DeploymentHealth(redis, sandbox.keys, threshold=2)
     base = "@http://127.0.0.1:9/v1"
     try:
         for _ in range(5):

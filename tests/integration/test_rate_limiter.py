@@ -9,16 +9,17 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from gateway_runtime.settings import CommonSettings
-from gateway_runtime.tenants import Tenant
+from gateway_runtime.ports import Tenant
+from gateway_runtime.redis_keys import RedisKeys
 from ingress.ratelimit import RateLimiter
+from testbed.sandbox import Sandbox
 
 
 @pytest.fixture
-async def limiter(settings: CommonSettings) -> AsyncIterator[RateLimiter]:
-    redis = Redis.from_url(settings.redis_url)
+async def limiter(sandbox: Sandbox) -> AsyncIterator[RateLimiter]:
+    redis = Redis.from_url(sandbox.redis_url)
     try:
-        yield RateLimiter(redis)
+        yield RateLimiter(redis, sandbox.keys)
     finally:
         await redis.aclose()
 
@@ -44,9 +45,9 @@ async def test_tokens_per_minute_count_costs(limiter: RateLimiter) -> None:
     assert not never.allowed and never.retry_after_s is None  # can never fit
 
 
-async def test_no_limits_no_redis_call(settings: CommonSettings) -> None:
+async def test_no_limits_no_redis_call() -> None:
     redis = Redis.from_url("redis://127.0.0.1:1/0")  # nothing listens: must not be asked
     try:
-        assert (await RateLimiter(redis).admit("k", Tenant("t"), 10)).allowed
+        assert (await RateLimiter(redis, RedisKeys()).admit("k", Tenant("t"), 10)).allowed
     finally:
         await redis.aclose()

@@ -1,17 +1,11 @@
 """An authenticated mesh for the security tests: GATEWAY_REQUIRE_AUTH=true, two ingress
-replicas, tenants of its own, the real OpenFGA, OPA, Redis and Postgres.
-
-Tenant names carry a per-run suffix, so Redis counters (budgets, rate limits) of earlier
-runs never leak into this one; the OpenFGA store is `soma-test`, provisioned here.
+replicas, tenants of its own, and a sandbox of its own (Redis, OpenFGA, OPA instances, a
+database), so a test may stop OpenFGA or OPA and revoke keys without touching anything
+else on the machine.
 """
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
-import tempfile
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +14,8 @@ import httpx
 import pytest
 
 from gateway_runtime.settings import CommonSettings
-from tests.mesh import ROOT, WORKERS, Mesh, delete_topics, free_port, mesh_env
+from testbed.mesh import Mesh, mesh_env, provision, start_mesh
+from testbed.sandbox import Sandbox, free_port
 
 JWT_SECRET = "test-secret-" + "x" * 32
 OPENFGA_CACHE_TTL_S = 4.0
@@ -30,6 +25,7 @@ OPENFGA_CACHE_TTL_S = 4.0
 class AuthMesh:
     mesh: Mesh
     replica: Mesh  # a second ingress process of the same mesh
+    sandbox: Sandbox
     run: str
     tenants_file: Path
     admin_key: str
@@ -65,6 +61,10 @@ tenants:
     fail_open: true
     tokens_per_day: 100000
     max_output_tokens: 20
+  keys-{run}:
+    tokens_per_day: 100000
+    rpm_per_key: 100
+    max_output_tokens: 20
   models-{run}:
     models_allow: ["openai/*"]
     models_deny: ["openai/secret*"]
@@ -72,61 +72,42 @@ tenants:
 """
 
 
-async def _run(env: dict[str, str], *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, *args, cwd=ROOT, env=env, stdout=subprocess.PIPE
-    )
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0, f"{args} failed (is the infra up?)"
-    return out.decode().strip()
+@pytest.fixture(scope="session")
+async def auth_sandbox(settings: CommonSettings) -> AsyncIterator[Sandbox]:
+    sandbox = await Sandbox.open("sec", settings)
+    try:
+        yield sandbox
+    finally:
+        await sandbox.close()
 
 
 @pytest.fixture(scope="session")
-async def auth_mesh(fake_llm: str, settings: CommonSettings) -> AsyncIterator[AuthMesh]:
-    run = uuid.uuid4().hex[:6]
-    namespace = f"sec{run}"
-    work = Path(tempfile.mkdtemp(prefix="soma-sec-"))
-    tenants_file = work / "tenants.yaml"
+async def auth_mesh(fake_llm: str, auth_sandbox: Sandbox) -> AsyncIterator[AuthMesh]:
+    run = auth_sandbox.name.rsplit("_", 1)[1]
+    tenants_file = auth_sandbox.dir / "tenants.yaml"
     tenants_file.write_text(tenants_yaml(run))
     env = mesh_env(
-        namespace,
+        auth_sandbox,
         fake_llm + "/v1",
-        settings,
         GATEWAY_REQUIRE_AUTH="true",
         TENANTS_FILE=str(tenants_file),
-        OPENFGA_STORE_NAME="soma-test",
         OPENFGA_CACHE_TTL_S=str(OPENFGA_CACHE_TTL_S),
         JWT_HS256_SECRET=JWT_SECRET,
         JWT_AUDIENCE="soma-test",
-        SOMA_HOME=str(work),
         RETRY_ATTEMPTS="2",
     )
-    await _run(env, "-m", "gateway_runtime.provision")
-    admin_key = await _run(env, "-m", "ingress.auth.bootstrap")
-    mesh = Mesh(env=env, log_dir=work)
-    replica = Mesh(env={**env, "GATEWAY_PORT": str(free_port())}, log_dir=work)
-    mesh.start("ingress")
-    replica.start("ingress2", "ingress")
-    for worker in WORKERS:
-        mesh.start(worker)
+    admin_key = await provision(env)
+    mesh = Mesh(env=env, log_dir=auth_sandbox.dir)
+    replica = Mesh(env={**env, "GATEWAY_PORT": str(free_port())}, log_dir=auth_sandbox.dir)
     try:
-        await mesh.wait_healthy()
+        replica.start("ingress2", "ingress")
+        await start_mesh(mesh)
         await replica.wait_healthy()
-        for stage in ("policy", "context", "llm", "persistence"):
-            await mesh.wait_group_members(stage)
-        yield AuthMesh(mesh, replica, run, tenants_file, admin_key)
-        # An operator key must not outlive its test run in the shared database.
-        key_id = admin_key.split("_")[1]
-        async with httpx.AsyncClient(base_url=mesh.base_url, timeout=10) as client:
-            r = await client.delete(
-                f"/v1/keys/{key_id}", headers={"Authorization": f"Bearer {admin_key}"}
-            )
-            assert r.status_code == 200, r.text
+        yield AuthMesh(mesh, replica, auth_sandbox, run, tenants_file, admin_key)
     finally:
         replica.stop_all()
         mesh.stop_all()
-        await delete_topics(settings.kafka_bootstrap_servers, namespace)
-        print(f"auth mesh logs: {work}")
+        print(f"auth mesh logs: {auth_sandbox.dir}")
 
 
 @pytest.fixture

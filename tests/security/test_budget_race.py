@@ -15,8 +15,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
-from gateway_runtime.budget import bucket_key, day_of
-from gateway_runtime.settings import CommonSettings
+from adapters.budgets import day_of
 from schemas.codec import header
 from schemas.topics import Topics
 from tests.security.conftest import AuthMesh
@@ -64,7 +63,7 @@ async def _records_reaching_llm(mesh: AuthMesh, turn_ids: set[str]) -> int:
 
 
 async def test_fifty_concurrent_turns_against_a_budget_for_ten(
-    auth_mesh: AuthMesh, admin: httpx.AsyncClient, settings: CommonSettings
+    auth_mesh: AuthMesh, admin: httpx.AsyncClient
 ) -> None:
     tenant = auth_mesh.tenant("race")
     key = await new_key(admin, tenant)
@@ -99,8 +98,8 @@ async def test_fifty_concurrent_turns_against_a_budget_for_ten(
     assert reaching_llm == ADMITTED
 
     # Settlement: the reservations are released and the actual usage (30 a turn) counted.
-    redis = Redis.from_url(settings.redis_url)
-    bucket = bucket_key(tenant, "default", day_of(time.time()))
+    redis = Redis.from_url(auth_mesh.sandbox.redis_url)
+    bucket = auth_mesh.sandbox.keys.budget(tenant, "default", day_of(time.time()))
     try:
 
         async def settled() -> bool:
@@ -110,7 +109,7 @@ async def test_fifty_concurrent_turns_against_a_budget_for_ten(
         await eventually(settled, 30)
     finally:
         await redis.aclose()
-    conn = await asyncpg.connect(settings.postgres_dsn)
+    conn = await asyncpg.connect(auth_mesh.sandbox.postgres_dsn)
     try:
         stored = await conn.fetchval("SELECT count(*) FROM turns WHERE tenant = $1", tenant)
     finally:

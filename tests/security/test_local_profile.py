@@ -8,7 +8,7 @@ import uuid
 
 import httpx
 
-from tests.mesh import Mesh
+from testbed.mesh import Mesh
 from tests.security.helpers import as_key, first_of_turn, new_key, post_turn, turn_events
 
 

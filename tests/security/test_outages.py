@@ -1,9 +1,10 @@
-"""OpenFGA or OPA stopped mid-test (the real servers, through deploy/infra.sh).
+"""OpenFGA or OPA stopped mid-test: the auth mesh's own instances (its sandbox's).
 
 OpenFGA: decisions cached within OPENFGA_CACHE_TTL_S keep working, then both the ingress
 (503 authz_unavailable) and the policy stage (error event authz_unavailable) fail closed.
 OPA: a fail-closed tenant's turns are refused (policy_unavailable), a fail-open tenant's
-turns run. Every component is started again in a `finally`.
+turns run. Every component is started again in a `finally`; the machine's own OpenFGA and
+OPA (those `make up` runs) are never touched.
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ from collections.abc import AsyncIterator
 import httpx
 from redis.asyncio import Redis
 
-from gateway_runtime.fanout import FanoutKeys
-from gateway_runtime.settings import CommonSettings
-from tests.mesh import ROOT
 from tests.security.conftest import OPENFGA_CACHE_TTL_S, AuthMesh
 from tests.security.helpers import (
     as_key,
@@ -32,26 +30,19 @@ from tests.security.helpers import (
 )
 
 
-async def _infra(action: str, component: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "bash", "deploy/infra.sh", action, component, cwd=ROOT
-    )
-    assert await proc.wait() == 0, f"infra.sh {action} {component} failed"
-
-
 @contextlib.asynccontextmanager
-async def stopped(component: str) -> AsyncIterator[None]:
-    await _infra("stop", component)
+async def stopped(mesh: AuthMesh, component: str) -> AsyncIterator[None]:
+    await mesh.sandbox.stop(component)
     try:
         yield
     finally:
-        await _infra("start", component)  # waits until the component answers again
+        await mesh.sandbox.start(component)  # waits until the component answers again
 
 
 async def _first_in_log(mesh: AuthMesh, session_id: str, turn_id: str) -> dict:
     """The turn's first event, read from the session's Redis log (SSE is refused now)."""
-    redis = Redis.from_url(mesh.mesh.env.get("REDIS_URL", CommonSettings().redis_url))
-    keys = FanoutKeys(mesh.mesh.env["KAFKA_NAMESPACE"])
+    redis = Redis.from_url(mesh.sandbox.redis_url)
+    keys = mesh.sandbox.keys
     try:
         async with asyncio.timeout(15):
             while True:
@@ -81,7 +72,7 @@ async def test_openfga_stopped_cached_decisions_then_fail_closed(
         assert (await _first_event(client, session_id, "before"))["type"] == "turn.accepted"
         decided_at = time.monotonic()  # the last decisions OpenFGA itself gave (read, write)
 
-        async with stopped("openfga"):
+        async with stopped(auth_mesh, "openfga"):
             # Within the TTL the cached decisions stand in: post (policy stage) and read.
             during = await _first_event(client, session_id, "during")
             assert time.monotonic() - decided_at < OPENFGA_CACHE_TTL_S, "the stop took too long"
@@ -138,7 +129,7 @@ async def test_opa_stopped_fails_closed_unless_the_tenant_fails_open(
     base = auth_mesh.mesh.base_url
     async with as_key(base, closed["secret"]) as c, as_key(base, open_["secret"]) as o:
         assert (await _first_event(c, None, "warm"))["type"] == "turn.accepted"
-        async with stopped("opa"):
+        async with stopped(auth_mesh, "opa"):
             refused = await _first_event(c, None, "closed tenant")
             assert refused["type"] == "error", refused
             assert refused["code"] == "policy_unavailable"
