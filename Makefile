@@ -4,10 +4,14 @@ SHELL := /bin/bash
 export SOMA_HOME ?= $(HOME)/.cache/soma-gateway
 PY := $(SOMA_HOME)/venv/bin/python
 
-.PHONY: up down test bench logs status install infra lint
+.PHONY: up down test bench logs status install install-dev infra lint
 
+# What the gateway runs on; install-dev adds what only tests, checks and benchmarks need.
 install:
 	@bash deploy/install.sh
+
+install-dev:
+	@bash deploy/install.sh dev
 
 infra: install
 	@bash deploy/infra.sh start
@@ -28,12 +32,12 @@ status:
 # Lint, type-check (mypy --strict, see pyproject.toml), then the suite. Each test mesh
 # runs in a sandbox of its own (testbed/), so a running `make up` stack is left alone.
 # pytest exits non-zero when no test ran (5), so an empty run never passes.
-test: infra
+test: install-dev infra
 	@PYTHONPATH=$(CURDIR) $(PY) -m ruff check .
 	@PYTHONPATH=$(CURDIR) $(PY) -m mypy
 	@PYTHONPATH=$(CURDIR) $(PY) -m pytest tests
 
-bench: infra
+bench: install-dev infra
 	@PYTHONPATH=$(CURDIR) $(PY) -m bench.run
 
 logs:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the native local stack needs; each step is skipped when already done.
 # Heavy artefacts go to $SOMA_HOME (default ~/.cache/soma-gateway), never into the checkout.
+#   deploy/install.sh          what the gateway runs on (make up)
+#   deploy/install.sh dev      and what only tests, checks and benchmarks need (make test)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -44,12 +46,19 @@ venv() {
 
 python_deps() {
   if [[ ! -f $REPO_DIR/pyproject.toml ]]; then cached "skipped: no pyproject.toml yet"; return; fi
-  # The marker covers pyproject.toml and the checkout path, since an editable install
-  # points at one checkout and CI clones elsewhere.
-  local hash
-  hash=$({ cat "$REPO_DIR/pyproject.toml"; echo "$REPO_DIR"; } | sha256sum | cut -c1-16)
+  # The marker covers pyproject.toml, the extras and the checkout path, since an editable
+  # install points at one checkout and CI clones elsewhere. With `dev`, the test tools too.
+  local hash extras=local
+  [[ $MODE != dev ]] || extras=local,dev
+  hash=$({ cat "$REPO_DIR/pyproject.toml"; echo "$REPO_DIR $extras"; } | sha256sum | cut -c1-16)
   if [[ -f $VENV/.deps-$hash ]]; then cached; return; fi
-  run_logged pip-deps "$VENV/bin/pip" install -e "${REPO_DIR}[dev]"
+  # A marker of the full set (dev) covers the gateway's own set too.
+  if [[ $MODE != dev ]]; then
+    local full
+    full=$({ cat "$REPO_DIR/pyproject.toml"; echo "$REPO_DIR local,dev"; } | sha256sum | cut -c1-16)
+    if [[ -f $VENV/.deps-$full ]]; then cached "cached with the test tools"; return; fi
+  fi
+  run_logged pip-deps "$VENV/bin/pip" install -e "${REPO_DIR}[$extras]"
   rm -f "$VENV"/.deps-* && touch "$VENV/.deps-$hash"
 }
 
@@ -79,17 +88,27 @@ go_tool() {  # go_tool BIN PACKAGE@VERSION
 opa() { go_tool "$OPA_BIN" "github.com/open-policy-agent/opa@$OPA_VERSION"; }
 openfga() { go_tool "$OPENFGA_BIN" "github.com/openfga/openfga/cmd/openfga@$OPENFGA_VERSION"; }
 
+MODE=${1:-gateway}
+[[ $MODE =~ ^(gateway|dev)$ ]] || die "usage: $0 [dev]"
+
 # One install at a time per SOMA_HOME (two pips into one venv corrupt it).
 exec 9>"$SOMA_HOME/.install.lock"
 flock 9
 
 t0=$EPOCHREALTIME
 step tools tools
+# The Go builds (minutes on a fresh machine) run beside the downloads below.
+go_builds=()
+for tool in opa openfga; do
+  (step "$tool" "$tool") &
+  go_builds+=($!)
+done
 step apt apt_packages
 step venv venv
 step python-deps python_deps
 step local-model local_model
 step kafka-jars kafka_jars
-step opa opa
-step openfga openfga
+for pid in "${go_builds[@]}"; do
+  wait "$pid" || die "a Go build failed (see $LOG_DIR/go-opa.log, $LOG_DIR/go-openfga.log)"
+done
 log "install: all done in $(elapsed "$t0")s (SOMA_HOME=$SOMA_HOME)"

@@ -23,7 +23,7 @@ from gateway_runtime.fanout import FanoutPublisher
 from gateway_runtime.kafka import GroupConsumer, KafkaPublisher, make_consumer, make_producer
 from gateway_runtime.logs import configure_logging
 from gateway_runtime.metrics import serve_metrics
-from gateway_runtime.ports import StageHandler
+from gateway_runtime.ports import Fanout, StageHandler
 from gateway_runtime.redis_pool import open_redis
 from gateway_runtime.settings import CommonSettings, StageSettings
 from gateway_runtime.stage import StageLoop
@@ -66,9 +66,10 @@ async def serve_stage(
     settings: StageSettings,
     stop: asyncio.Event,
     *,
-    fanout: FanoutPublisher | None = None,
+    fanout: Fanout | None = None,
 ) -> None:
-    """Run `handler` as a member of the consumer group `soma.<stage>` until `stop`."""
+    """Run `handler` as a member of the consumer group `<namespace>.<stage>` until `stop`;
+    with `fanout`, the client of a dead-lettered turn is told."""
     client_id = f"{settings.service_name}-{os.getpid()}"
     producer = make_producer(settings.kafka_bootstrap_servers, client_id=client_id)
     consumer = make_consumer(

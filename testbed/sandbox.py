@@ -23,6 +23,7 @@ import socket
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,6 +158,16 @@ class Sandbox:
 def _databases(name: str) -> tuple[str, str]:
     """The mesh's database and its OpenFGA's."""
     return name, f"{name}_fga"
+
+
+@contextlib.asynccontextmanager
+async def open_sandbox(purpose: str, base: CommonSettings | None = None) -> AsyncIterator[Sandbox]:
+    """A sandbox for the block's duration."""
+    sandbox = await Sandbox.open(purpose, base)
+    try:
+        yield sandbox
+    finally:
+        await sandbox.close()
 
 
 async def drop(base: CommonSettings, name: str) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from gateway_runtime.settings import CommonSettings
 from testbed.mesh import Mesh, mesh_env, provision, start_fake_upstream, start_mesh
-from testbed.sandbox import Sandbox
+from testbed.sandbox import Sandbox, open_sandbox
 from tests.stack_guard import snapshot
 
 
@@ -48,11 +48,8 @@ def fake_llm() -> Iterator[str]:
 @pytest.fixture(scope="session")
 async def sandbox(settings: CommonSettings) -> AsyncIterator[Sandbox]:
     """The backing services of the auth-off mesh, and of tests that need only a Redis."""
-    sandbox = await Sandbox.open("test", settings)
-    try:
+    async with open_sandbox("test", settings) as sandbox:
         yield sandbox
-    finally:
-        await sandbox.close()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import pytest
 
 from gateway_runtime.settings import CommonSettings
 from testbed.mesh import Mesh, mesh_env, provision, start_mesh
-from testbed.sandbox import Sandbox, free_port
+from testbed.sandbox import Sandbox, free_port, open_sandbox
 
 JWT_SECRET = "test-secret-" + "x" * 32
 OPENFGA_CACHE_TTL_S = 4.0
@@ -74,11 +74,8 @@ tenants:
 
 @pytest.fixture(scope="session")
 async def auth_sandbox(settings: CommonSettings) -> AsyncIterator[Sandbox]:
-    sandbox = await Sandbox.open("sec", settings)
-    try:
+    async with open_sandbox("sec", settings) as sandbox:
         yield sandbox
-    finally:
-        await sandbox.close()
 
 
 @pytest.fixture(scope="session")

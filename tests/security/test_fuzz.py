@@ -22,7 +22,7 @@ import pytest
 
 from gateway_runtime.settings import CommonSettings
 from testbed.mesh import Mesh, mesh_env, provision, start_mesh
-from testbed.sandbox import Sandbox
+from testbed.sandbox import open_sandbox
 
 HOOKS = Path(__file__).with_name("fuzz_checks.py")
 MAX_EXAMPLES = 12
@@ -32,20 +32,19 @@ OPERATOR_ONLY = r"^/v1/model-profiles"
 @pytest.fixture(scope="module")
 async def fuzz_target(settings: CommonSettings, fake_llm: str) -> AsyncIterator[tuple[Mesh, str]]:
     """An ingress (no stage workers: turns only need to reach Kafka) and its operator key."""
-    sandbox = await Sandbox.open("fuzz", settings)
-    tenants = sandbox.dir / "tenants.yaml"
-    tenants.write_text("tenants:\n  default: {}\n  fuzz: {}\n")
-    env = mesh_env(
-        sandbox, fake_llm + "/v1", GATEWAY_REQUIRE_AUTH="true", TENANTS_FILE=str(tenants)
-    )
-    mesh = Mesh(env=env, log_dir=sandbox.dir)
-    try:
-        operator_key = await provision(env)
-        await start_mesh(mesh, workers=())
-        yield mesh, operator_key
-    finally:
-        mesh.stop_all()
-        await sandbox.close()
+    async with open_sandbox("fuzz", settings) as sandbox:
+        tenants = sandbox.dir / "tenants.yaml"
+        tenants.write_text("tenants:\n  default: {}\n  fuzz: {}\n")
+        env = mesh_env(
+            sandbox, fake_llm + "/v1", GATEWAY_REQUIRE_AUTH="true", TENANTS_FILE=str(tenants)
+        )
+        mesh = Mesh(env=env, log_dir=sandbox.dir)
+        try:
+            operator_key = await provision(env)
+            await start_mesh(mesh, workers=())
+            yield mesh, operator_key
+        finally:
+            mesh.stop_all()
 
 
 async def _schemathesis(mesh: Mesh, key: str, report_dir: Path, *args: str) -> str:

@@ -96,9 +96,8 @@ async def until(condition: Callable[[], bool], timeout: float = 5) -> None:
             await asyncio.sleep(0)
 
 
-@contextlib.asynccontextmanager
-async def running_loop(notify: FailureNotifier | None = None) -> AsyncIterator[Mesh]:
-    """A stage loop over the twins, running until the block ends."""
+def twins(notify: FailureNotifier | None = None) -> Mesh:
+    """A stage loop over the twins, not running yet."""
     handler, consumer, publisher = ScriptedHandler(), MemoryConsumer(), MemoryPublisher()
     told: list[tuple[str, str, ErrorInfo]] = []
 
@@ -114,10 +113,18 @@ async def running_loop(notify: FailureNotifier | None = None) -> AsyncIterator[M
         dead_letter_topic=DLQ,
         notify_failure=notify or record,
     )
+    return Mesh(handler, consumer, publisher, loop, told)
+
+
+@contextlib.asynccontextmanager
+async def running_loop(notify: FailureNotifier | None = None) -> AsyncIterator[Mesh]:
+    """A stage loop over the twins, running until the block ends."""
+    mesh = twins(notify)
+    handler, loop = mesh.handler, mesh.loop
     stop = asyncio.Event()
     running = asyncio.create_task(loop.run(stop))
     try:
-        yield Mesh(handler, consumer, publisher, loop, told)
+        yield mesh
     finally:
         for gate in handler.gates.values():
             gate.set()
@@ -282,21 +289,12 @@ async def test_a_failing_client_notification_never_holds_the_record_back(
 
 
 async def test_a_stop_finishes_in_flight_work_within_the_grace() -> None:
-    handler, consumer, publisher = ScriptedHandler(), MemoryConsumer(), MemoryPublisher()
-    loop = StageLoop(
-        handler=handler,
-        consumer=consumer,
-        publisher=publisher,
-        codec=CODEC,
-        settings=SETTINGS,
-        dead_letter_topic=DLQ,
-    )
+    mesh = twins()
     stop = asyncio.Event()
-    running = asyncio.create_task(loop.run(stop))
-    event = TurnRequested(uuid.uuid4().hex, "a", "gate a1", 1)
-    consumer.feed(IN, 0, CODEC.encode(event))
-    await until(lambda: handler.started == ["gate a1"])
+    running = asyncio.create_task(mesh.loop.run(stop))
+    mesh.feed("a", "gate a1")
+    await until(lambda: mesh.handler.started == ["gate a1"])
     stop.set()
-    asyncio.get_running_loop().call_soon(handler.gate("gate a1").set)
+    asyncio.get_running_loop().call_soon(mesh.handler.gate("gate a1").set)
     await asyncio.wait_for(running, 5)
-    assert consumer.committed(IN, 0) == 1
+    assert mesh.committed() == 1
