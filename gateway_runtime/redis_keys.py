@@ -2,11 +2,14 @@
 
 Meshes in different namespaces (`KAFKA_NAMESPACE`) share a Redis server without seeing
 each other's sessions, budgets, limits, breakers or cached keys: every name below starts
-with `<namespace>:`. Services and benchmarks build names only through `RedisKeys`.
+with `<namespace>:`. Services and benchmarks build names only through `RedisKeys`. (In
+the default namespace `soma` the names are those the mesh used before they moved here.)
 
     <ns>:events:<session>                  a session's event log (stream), for resume
     <ns>:live:<session>                    a session's live channel (pub/sub)
-    <ns>:once:<what>                       an event published at most once (its payload)
+    <ns>:turn-ended:<turn>                 events published at most once (their payload):
+    <ns>:tool-call:<turn>:<round>            a turn's end, a round's calls, a call's result
+    <ns>:tool-result:<turn>:<round>:<call>
     <ns>:budget:<tenant>:<persona>:<day>   a daily token budget (hash: used, reserved)
     <ns>:budget:resv:<turn>                a turn's reservation (bucket and amount)
     <ns>:budget:settled:<turn>             marks a turn's settlement as done
@@ -14,7 +17,7 @@ with `<namespace>:`. Services and benchmarks build names only through `RedisKeys
     <ns>:breaker:<deployment>              a deployment's circuit breaker
     <ns>:deployment-stats:<deployment>     its moving averages (TTFT, error rate)
     <ns>:apikey:<key id>                   a cached API key record
-    <ns>:apikey-used:<key id>              limits `last_used_at` writes to one a minute
+    <ns>:apikey:used:<key id>              limits `last_used_at` writes to one a minute
     <ns>:turn-attempts:<turn>              how many times the LLM stage started a turn
 """
 
@@ -49,14 +52,14 @@ class RedisKeys:
     # ---- events published once per turn (the fan-out keeps their payload) --------------
     def turn_ended(self, turn_id: str) -> str:
         """The final answer or the error that ends a turn."""
-        return f"{self.namespace}:once:turn-ended:{turn_id}"
+        return f"{self.namespace}:turn-ended:{turn_id}"
 
     def tool_calls(self, turn_id: str, tool_round: int) -> str:
         """The tool calls the model asked for in one round of a turn."""
-        return f"{self.namespace}:once:tool-call:{turn_id}:{tool_round}"
+        return f"{self.namespace}:tool-call:{turn_id}:{tool_round}"
 
     def tool_result(self, turn_id: str, tool_round: int, call_id: str) -> str:
-        return f"{self.namespace}:once:tool-result:{turn_id}:{tool_round}:{call_id}"
+        return f"{self.namespace}:tool-result:{turn_id}:{tool_round}:{call_id}"
 
     # ---- budgets --------------------------------------------------------------------------
     def budget(self, tenant: str, persona: str, day: str) -> str:
@@ -93,7 +96,7 @@ class RedisKeys:
         return f"{self.namespace}:apikey:{key_id}"
 
     def api_key_used(self, key_id: str) -> str:
-        return f"{self.namespace}:apikey-used:{key_id}"
+        return f"{self.namespace}:apikey:used:{key_id}"
 
     def turn_attempts(self, turn_id: str) -> str:
         return f"{self.namespace}:turn-attempts:{turn_id}"

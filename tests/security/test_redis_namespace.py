@@ -17,11 +17,10 @@ from tests.security.helpers import as_key, end_of_turn, new_key, post_turn, turn
 
 KINDS = {
     "apikey",
-    "apikey-used",
     "rl",
     "budget",
     "turn-attempts",
-    "once",
+    "turn-ended",
     "breaker",
     "deployment-stats",
     "events",
