@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway_runtime.errors import DependencyUnavailable
 from gateway_runtime.ports import ConsumedRecord
 from schemas.codec import EncodedEvent
 
@@ -56,8 +57,6 @@ class MemoryConsumer:
         return batches
 
     async def commit(self, offsets: Mapping[Any, int]) -> None:
-        from gateway_runtime.errors import DependencyUnavailable
-
         if self.fail_commits:
             self.fail_commits -= 1
             raise DependencyUnavailable("commit refused (test)")
