@@ -53,8 +53,6 @@ from schemas.events import ErrorInfo
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Output", "StageHandler", "StageLoop"]
-
 
 class StageLoop:
     def __init__(

@@ -64,6 +64,7 @@ async def open_resources(settings: IngressSettings) -> AsyncIterator[Resources]:
                 require_auth=settings.gateway_require_auth,
                 pool=pool,
                 redis=redis,
+                keys=keys,
                 http=http,
             )
         )

@@ -43,7 +43,7 @@ class StackSnapshot:
     pids: dict[str, str]
     rows: dict[str, Any]
     redis_keys: frozenset[bytes]
-    topic_ends: dict[str, int]
+    topic_ends: dict[str, Any]
     fga: dict[str, Any]
 
     def differences(self, after: StackSnapshot) -> list[str]:
@@ -101,13 +101,13 @@ async def _redis_keys(url: str) -> frozenset[bytes]:
         await redis.aclose()
 
 
-async def _topic_ends(bootstrap: str, namespace: str) -> dict[str, int]:
+async def _topic_ends(bootstrap: str, namespace: str) -> dict[str, Any]:
     """End offsets of the running stack's topics (the `<namespace>.` ones)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     try:
         await consumer.start()
     except Exception as exc:  # an unreachable broker is a state too
-        return {"unreachable": hash(type(exc).__name__)}
+        return {"unreachable": type(exc).__name__}
     try:
         topics = [t for t in await consumer.topics() if t.startswith(namespace + ".")]
         partitions = [

@@ -62,10 +62,10 @@ async def open_auth(
     require_auth: bool,
     pool: asyncpg.Pool,
     redis: Redis,
+    keys: RedisKeys,
     http: httpx.AsyncClient,
 ) -> AsyncIterator[AuthServices]:
     authorizer = FgaAuthorizer(settings)
-    keys = RedisKeys(settings.kafka_namespace)
     try:
         yield AuthServices(
             require_auth=require_auth,

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import glob
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from gateway_runtime.settings import CommonSettings
+
 ROOT = Path(__file__).resolve().parents[2]
-SOMA_HOME = Path(os.environ.get("SOMA_HOME", Path.home() / ".cache" / "soma-gateway"))
+SOMA_HOME = CommonSettings().soma_home
 
 
 def test_rego_policy_tests_pass() -> None:
