@@ -58,6 +58,10 @@ class CommonSettings(BaseSettings):
     # Fan-out stream retention: how many events a session keeps for Last-Event-ID resume.
     session_stream_maxlen: int = 1000
     session_stream_ttl_s: int = 24 * 3600
+    # Deadlines on every call to a backing service: a hung server (SIGSTOP, a full disk)
+    # becomes a retryable error within this long, never a stalled turn or request.
+    postgres_timeout_s: float = 5.0
+    redis_timeout_s: float = 2.0
 
     @model_validator(mode="after")
     def _deployed_safely(self) -> CommonSettings:
@@ -152,6 +156,17 @@ class IngressSettings(AuthSettings):
     # durable log (it loses nothing; the queue's memory stays bounded).
     sse_client_queue: int = 1000
     health_timeout_s: float = 2.0
+    # POST /v1/session/message|action answers within this, whatever Kafka or Postgres do:
+    # 202 (published, or kept in the Postgres outbox until Kafka is back) or 503.
+    turn_accept_deadline_s: float = 2.0
+    # How long a publish may wait for the broker before the turn goes to the outbox.
+    kafka_publish_timeout_s: float = 1.0
+    outbox_relay_interval_s: float = 0.5
+    # How long an Idempotency-Key is remembered (the same key answers the same turn).
+    idempotency_ttl_s: int = 24 * 3600
+    # The capsule registry behind /v1/capsules (unset: those routes answer 503).
+    capsule_registry_url: str | None = None
+    capsule_registry_timeout_s: float = 10.0
 
 
 class PolicySettings(StageSettings, OpenFgaSettings, OpaSettings):
@@ -204,6 +219,12 @@ class ToolSettings(StageSettings):
 
 class PersistenceSettings(StageSettings, MemorySettings):
     service_name: str = "persistence_worker"
+
+
+class DeadLetterIndexSettings(StageSettings):
+    """The dead-letter index: soma.deadletter -> one Postgres row per dead letter."""
+
+    service_name: str = "deadletter_index"
 
 
 class ProvisionSettings(OpenFgaSettings, OpaSettings):
