@@ -19,7 +19,7 @@ from schemas.topics import Topics
 
 
 async def main(settings: ContextSettings, stop: asyncio.Event) -> None:
-    pool = await create_pool(settings.postgres_dsn)
+    pool = await create_pool(settings)
     default = StoredProfile(
         role=DEFAULT_ROLE,
         deployment_mode=settings.deployment_mode,
@@ -33,7 +33,7 @@ async def main(settings: ContextSettings, stop: asyncio.Event) -> None:
     try:
         async with (
             httpx.AsyncClient(timeout=5.0) as http,
-            redis_client(settings.redis_url) as redis,
+            redis_client(settings) as redis,
         ):
             fanout = fanout_publisher(redis, settings, pool)
             handler = ContextHandler(

@@ -12,15 +12,27 @@ from pathlib import Path
 import asyncpg
 
 from gateway_runtime.errors import DependencyUnavailable
+from gateway_runtime.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 _LOCK_ID = 0x50_4D_41  # any constant shared by every process of the mesh
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    settings: CommonSettings, *, min_size: int = 1, max_size: int = 10
+) -> asyncpg.Pool:
+    """A pool whose every connect and query gives up after POSTGRES_TIMEOUT_S: a hung
+    server (SIGSTOP, a full disk) becomes an error in bounded time, not a stall."""
+    timeout = settings.postgres_timeout_s
     try:
-        return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        return await asyncpg.create_pool(
+            settings.postgres_dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            command_timeout=timeout,
+        )
     except (OSError, asyncpg.PostgresError) as exc:
         raise DependencyUnavailable(f"postgres unreachable: {exc!r}") from exc
 

@@ -71,7 +71,7 @@ async def ensure_fga_model(
 async def provision(settings: ProvisionSettings) -> None:
     topics = Topics.for_namespace(settings.kafka_namespace).all()
     created = await ensure_topics(settings.kafka_bootstrap_servers, topics)
-    pool = await create_pool(settings.postgres_dsn, max_size=2)
+    pool = await create_pool(settings, max_size=2)
     try:
         applied = await migrate(pool)
     finally:

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from gateway_runtime.settings import CommonSettings
 
-def open_redis(url: str, *, max_connections: int = 128, wait_s: float = 5.0) -> Redis:
+
+def open_redis(
+    settings: CommonSettings, *, max_connections: int = 128, wait_s: float = 5.0
+) -> Redis:
+    """REDIS_TIMEOUT_S bounds every command: a hung Redis (SIGSTOP) answers with a
+    TimeoutError, a RedisError, like a stopped one."""
+    timeout_s = settings.redis_timeout_s
     pool = BlockingConnectionPool.from_url(
-        url,
+        settings.redis_url,
         max_connections=max_connections,
         timeout=wait_s,
-        socket_connect_timeout=2,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
         health_check_interval=30,
     )
     return Redis(connection_pool=pool)

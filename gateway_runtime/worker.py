@@ -47,8 +47,8 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
 
 
 @contextlib.asynccontextmanager
-async def redis_client(url: str) -> AsyncIterator[Redis]:
-    client = open_redis(url)
+async def redis_client(settings: CommonSettings) -> AsyncIterator[Redis]:
+    client = open_redis(settings)
     try:
         yield client
     finally:

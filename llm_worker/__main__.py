@@ -39,11 +39,11 @@ async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
     timeout = httpx.Timeout(settings.llm_timeout_s, connect=5.0)
     limits = httpx.Limits(max_connections=settings.max_in_flight, max_keepalive_connections=64)
     keys = RedisKeys(settings.kafka_namespace)
-    pool = await create_pool(settings.postgres_dsn, max_size=4)
+    pool = await create_pool(settings, max_size=4)
     try:
         async with (
             httpx.AsyncClient(timeout=timeout, limits=limits) as http,
-            redis_client(settings.redis_url) as redis,
+            redis_client(settings) as redis,
         ):
             fanout = fanout_publisher(redis, settings, pool)
             health = DeploymentHealth(

@@ -18,11 +18,11 @@ from schemas.topics import Topics
 
 
 async def main(settings: PersistenceSettings, stop: asyncio.Event) -> None:
-    pool = await create_pool(settings.postgres_dsn, max_size=settings.max_in_flight // 4 + 2)
+    pool = await create_pool(settings, max_size=settings.max_in_flight // 4 + 2)
     try:
         async with (
             httpx.AsyncClient(timeout=5.0) as http,
-            redis_client(settings.redis_url) as redis,
+            redis_client(settings) as redis,
         ):
             handler = PersistenceHandler(
                 topics=Topics.for_namespace(settings.kafka_namespace),

@@ -21,10 +21,10 @@ from schemas.topics import Topics
 async def main(settings: PolicySettings, stop: asyncio.Event) -> None:
     limits = httpx.Limits(max_connections=settings.max_in_flight, max_keepalive_connections=32)
     authorizer = FgaAuthorizer(settings)
-    pool = await create_pool(settings.postgres_dsn, max_size=2)  # the fan-out's fallback log
+    pool = await create_pool(settings, max_size=2)  # the fan-out's fallback log
     try:
         async with (
-            redis_client(settings.redis_url) as redis,
+            redis_client(settings) as redis,
             httpx.AsyncClient(limits=limits) as http,
         ):
             fanout = fanout_publisher(redis, settings, pool)

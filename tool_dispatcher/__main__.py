@@ -16,9 +16,9 @@ from tool_dispatcher.tools import BUILTIN_TOOLS
 
 
 async def main(settings: ToolSettings, stop: asyncio.Event) -> None:
-    pool = await create_pool(settings.postgres_dsn, max_size=2)
+    pool = await create_pool(settings, max_size=2)
     try:
-        async with redis_client(settings.redis_url) as redis:
+        async with redis_client(settings) as redis:
             # Like the LLM stage: while Redis is down, tool results go to the Postgres log.
             fanout = fanout_publisher(redis, settings, pool)
             handler = ToolDispatcher(
