@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,17 +21,24 @@ from typing import Any
 import httpx
 from aiokafka.admin import AIOKafkaAdminClient
 
+from schemas.stages import STAGES as STAGE_LIST
 from testbed.sandbox import ROOT, Sandbox, free_port
 
-WORKERS = (
-    "policy_worker",
-    "context_worker",
-    "llm_worker",
-    "tool_dispatcher",
-    "persistence_worker",
-)
-# Stages whose consumer group must be stable before the mesh takes turns.
-STAGES = ("policy", "context", "llm", "persistence")
+# Every stage's worker (schemas/stages.py), and the stage (consumer group) each one runs:
+# its group must be stable before the mesh takes turns.
+WORKERS = tuple(s.service for s in STAGE_LIST)
+STAGE_OF = {s.service: s.name for s in STAGE_LIST}
+STAGES = tuple(STAGE_OF.values())
+SUPERVISOR = "supervisor"
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (waiting for its parent to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 @dataclass
@@ -38,15 +46,24 @@ class Mesh:
     env: dict[str, str]
     log_dir: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Services run by the supervisor (`supervise`), which restarts them when they die.
+    supervised: tuple[str, ...] = ()
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.env['GATEWAY_PORT']}"
 
-    def start(self, name: str, module: str | None = None) -> subprocess.Popen[bytes]:
+    @property
+    def pid_dir(self) -> Path:
+        """Where the supervisor keeps `<name>.pid` of each service it runs."""
+        return self.log_dir / "supervised"
+
+    def start(
+        self, name: str, module: str | None = None, args: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
         with open(self.log_dir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", module or name],
+                [sys.executable, "-m", module or name, *args],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -55,11 +72,48 @@ class Mesh:
         self.processes[name] = proc
         return proc
 
-    def kill(self, name: str) -> None:
-        """kill -9: no shutdown, no offset commit."""
+    def supervise(self, names: Sequence[str]) -> subprocess.Popen[bytes]:
+        """Run `names` under gateway_runtime.supervisor, as `make up` does: a service that
+        dies is started again (its pid: `pid`)."""
+        self.supervised = tuple(names)
+        args = ["--state-dir", str(self.pid_dir), "--log-dir", str(self.log_dir), *names]
+        return self.start(SUPERVISOR, "gateway_runtime.supervisor", args)
+
+    def pid(self, name: str) -> int:
+        """The running process of `name` (FileNotFoundError: a supervised one is between
+        a death and its restart)."""
+        if name in self.processes:
+            return self.processes[name].pid
+        return int((self.pid_dir / f"{name}.pid").read_text())
+
+    def kill(self, name: str) -> int:
+        """kill -9: no shutdown, no offset commit. A supervised service is restarted by the
+        supervisor; any other is gone until `start`. Returns the killed pid."""
+        if name not in self.processes and name in self.supervised:
+            pid = self.pid(name)
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return pid
         proc = self.processes.pop(name)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        return proc.pid
+
+    async def wait_restarted(self, name: str, old_pid: int, timeout: float = 10) -> int:
+        """Until the supervisor runs `name` again under another pid than `old_pid`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                pid = self.pid(name)
+            except (FileNotFoundError, ValueError):  # not yet, or being written
+                pid = old_pid
+            if pid != old_pid and _alive(pid):
+                return pid
+            await asyncio.sleep(0.01)
+        raise TimeoutError(f"{name} (pid {old_pid}) was not restarted in {timeout}s")
 
     def stop(self, name: str) -> None:
         proc = self.processes.pop(name)
@@ -81,6 +135,7 @@ class Mesh:
                 proc.kill()
                 proc.wait()
         self.processes.clear()
+        self.supervised = ()
 
     async def wait_healthy(self, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -187,12 +242,18 @@ async def provision(env: dict[str, str]) -> str:
     return await run_module(env, "ingress.auth.bootstrap")
 
 
-async def start_mesh(mesh: Mesh, *, workers: tuple[str, ...] = WORKERS) -> None:
-    """Start the ingress and `workers`, and wait until they take turns."""
-    mesh.start("ingress")
-    for worker in workers:
-        mesh.start(worker)
+async def start_mesh(
+    mesh: Mesh, *, workers: tuple[str, ...] = WORKERS, supervised: bool = False
+) -> None:
+    """Start the ingress and `workers` (`supervised`: under the supervisor, which restarts
+    what dies), and wait until they take turns."""
+    if supervised:
+        mesh.supervise(("ingress", *workers))
+    else:
+        mesh.start("ingress")
+        for worker in workers:
+            mesh.start(worker)
     await mesh.wait_healthy()
-    for stage in STAGES:
-        if any(w.startswith(stage) for w in workers):
-            await mesh.wait_group_members(stage)
+    for worker in workers:
+        if worker in STAGE_OF:
+            await mesh.wait_group_members(STAGE_OF[worker])

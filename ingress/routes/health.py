@@ -1,4 +1,5 @@
-"""Health of the gateway and each component it depends on."""
+"""Health of the gateway, each component it depends on, and each stage's consumer group
+(ingress/consumer_groups.py): `degraded` while a stage has no live member."""
 
 from __future__ import annotations
 
@@ -61,9 +62,10 @@ async def health_report(res: Resources) -> tuple[int, dict[str, Any]]:
         "opa": _http_ok(res, s.opa_url.rstrip("/") + "/health"),
         "llm": _http_ok(res, s.local_llm_base_url.rstrip("/") + "/models"),
     }
-    results = dict(
-        await asyncio.gather(*(_check(n, p, s.health_timeout_s) for n, p in probes.items()))
-    )
+    checks = asyncio.gather(*(_check(n, p, s.health_timeout_s) for n, p in probes.items()))
+    stages_report = res.groups.report(s.health_timeout_s)
+    checked, stages = await asyncio.gather(checks, stages_report)
+    results = dict(checked)
     results["fanout"] = {
         "status": "ok" if res.hub.connected else "down",
         "clients": res.hub.client_count,
@@ -71,11 +73,14 @@ async def health_report(res: Resources) -> tuple[int, dict[str, Any]]:
     down = {n for n, r in results.items() if r["status"] != "ok"}
     if down & set(CRITICAL):
         overall = "down"
-    elif down:
+    elif down or any(stage["status"] != "ok" for stage in stages.values()):
+        # A stage nobody consumes holds its turns until a worker is back; new turns are
+        # still accepted.
         overall = "degraded"
     else:
         overall = "ok"
-    return (503 if overall == "down" else 200), {"status": overall, "components": results}
+    body = {"status": overall, "components": results, "stages": stages}
+    return (503 if overall == "down" else 200), body
 
 
 @router.get("/v1/health")
