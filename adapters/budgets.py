@@ -1,132 +1,120 @@
-"""Daily token budgets in Redis: reserved atomically before a turn, settled after it.
+"""Daily token budgets in Postgres: reserved atomically before a turn, settled after it.
 
-One Redis hash per (tenant, persona, UTC day) holds `used` (settled tokens) and
-`reserved` (tokens held by turns in flight). The policy stage reserves a turn's estimate
-with one script that checks `used + reserved + estimate <= budget` and adds the estimate
-in the same step, so N concurrent turns can never reserve more than the budget. The
-persistence stage settles: the reservation is released and the actual usage added, once
-per turn (event_id) whatever the redeliveries. A failed turn settles its (usually zero)
-usage, which releases the reservation.
+Postgres is the ledger, not a fallback for one in Redis, because a budget must outlive
+Redis: this mesh's Redis keeps nothing on disk, so a restart used to forget the day's
+spending and admit a second budget's worth. A Redis ledger with a Postgres copy would
+not fix that cheaply: to know at the switch what was held by turns in flight, every
+reservation must reach Postgres too (Postgres is then the ledger anyway), and while one
+policy worker still reserves in Redis and another already in Postgres, two ledgers grant
+the same tokens. With one ledger there is no switch, nothing to reconcile when Redis
+returns, and no overspend across an outage. The price: per budgeted turn, two Postgres
+round trips in the policy stage (read the usage for OPA, then reserve) and one in the
+persistence stage (settle), each a single statement. Tenants and personas without a
+budget never reach the ledger (the policy stage skips it; the persistence stage settles
+only turns that reserved tokens), so the unlimited hot path has no counter I/O.
 
-Keys (gateway_runtime/redis_keys.py): the bucket `<ns>:budget:<tenant>:<persona>:<day>`
-(hash), the turn's reservation `<ns>:budget:resv:<event_id>` (bucket and amount) and its
-settlement marker `<ns>:budget:settled:<event_id>`. The scripts touch the bucket named in
-a reservation record, so they assume one Redis (not Redis Cluster), like the rest of the
-mesh.
+Tables and functions: migrations/015_counters_fallback.sql. `budget_counters` holds
+`used` (settled tokens) and `reserved` (tokens held by turns in flight) per (tenant,
+persona, UTC day); `budget_holds` one row per turn. `budget_reserve` adds the estimate
+with `INSERT ... ON CONFLICT DO UPDATE ... WHERE used + reserved + estimate <= budget`:
+the row lock serialises concurrent turns, so N of them never reserve more than the
+budget, and a repeat of the turn returns its first hold. `budget_settle` releases the
+hold and adds the actual usage to the day the turn reserved in, once per turn (event_id)
+whatever the redeliveries; a failed turn settles its (usually zero) usage.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, date, datetime
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+import asyncpg
 
 from gateway_runtime.errors import DependencyUnavailable
 from gateway_runtime.ports import BudgetUsage, Reservation
-from gateway_runtime.redis_keys import RedisKeys
 
-BUCKET_TTL_S = 3 * 86400
-RESERVATION_TTL_S = 2 * 86400
-
-# KEYS[1] bucket, KEYS[2] reservation record; ARGV[1] estimate, ARGV[2] budget (0 = none),
-# ARGV[3] bucket ttl, ARGV[4] reservation ttl. Returns {granted, amount, used, reserved}.
-_RESERVE = """
-local prev = redis.call('GET', KEYS[2])
-if prev then
-  local amount = tonumber(string.match(prev, ' (%d+)$'))
-  return {1, amount, 0, 0}
-end
-local used = tonumber(redis.call('HGET', KEYS[1], 'used') or '0')
-local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
-local estimate = tonumber(ARGV[1])
-local budget = tonumber(ARGV[2])
-if budget > 0 and used + reserved + estimate > budget then
-  return {0, 0, used, reserved}
-end
-redis.call('HINCRBY', KEYS[1], 'reserved', estimate)
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('SET', KEYS[2], KEYS[1] .. ' ' .. estimate, 'EX', ARGV[4])
-return {1, estimate, used, reserved + estimate}
-"""
-
-# KEYS[1] settled marker, KEYS[2] reservation record, KEYS[3] bucket used when the turn
-# reserved nothing; ARGV[1] actual tokens, ARGV[2] marker ttl, ARGV[3] bucket ttl.
-_SETTLE = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
-  return 0
-end
-local bucket, amount = KEYS[3], 0
-local record = redis.call('GET', KEYS[2])
-if record then
-  local b, a = string.match(record, '^(.*) (%d+)$')
-  bucket, amount = b, tonumber(a)
-  redis.call('DEL', KEYS[2])
-end
-if amount > 0 then
-  redis.call('HINCRBY', bucket, 'reserved', -amount)
-end
-redis.call('HINCRBY', bucket, 'used', tonumber(ARGV[1]))
-redis.call('EXPIRE', bucket, ARGV[3])
-return 1
-"""
+HOLDS_KEPT_DAYS = 3  # settled or not, holds of older days are deleted
+_CLEANUP_EVERY_S = 3600.0
+_PG_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
-def day_of(ts: float) -> str:
-    return time.strftime("%Y%m%d", time.gmtime(ts))
+def day_of(ts: float) -> date:
+    """The UTC day a budget bucket covers."""
+    return datetime.fromtimestamp(ts, tz=UTC).date()
 
 
 def seconds_to_reset(ts: float) -> int:
     return 86400 - int(ts) % 86400
 
 
-class RedisBudgetLedger:
-    """The `Budgets` port in Redis; one instance per process."""
+class PostgresBudgetLedger:
+    """The `Budgets` port in Postgres; one instance per process."""
 
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
-        self._redis = redis
-        self._keys = keys
-        self._reserve = redis.register_script(_RESERVE)
-        self._settle = redis.register_script(_SETTLE)
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._next_cleanup = time.monotonic() + _CLEANUP_EVERY_S
 
     async def usage(self, tenant: str, persona: str) -> BudgetUsage:
         now = time.time()
         try:
-            used, reserved = await self._redis.hmget(
-                self._keys.budget(tenant, persona, day_of(now)), "used", "reserved"
+            row = await self._pool.fetchrow(
+                "SELECT used, reserved FROM budget_counters"
+                " WHERE tenant = $1 AND persona = $2 AND day = $3",
+                tenant,
+                persona,
+                day_of(now),
             )
-        except RedisError as exc:
+        except _PG_ERRORS as exc:
             raise DependencyUnavailable(f"budget counters unavailable: {exc!r}") from exc
-        return BudgetUsage(int(used or 0), int(reserved or 0), seconds_to_reset(now))
+        used, reserved = (row["used"], row["reserved"]) if row else (0, 0)
+        return BudgetUsage(int(used), int(reserved), seconds_to_reset(now))
 
     async def reserve(
         self, turn_id: str, tenant: str, persona: str, estimate: int, budget: int
     ) -> Reservation:
-        """Hold `estimate` tokens for the turn if they fit; a repeat returns the first hold."""
+        """Hold `estimate` tokens for the turn if they fit; a repeat returns the first hold.
+        A budget of 0 is unlimited: nothing is held, nothing is asked."""
         now = time.time()
-        keys = [
-            self._keys.budget(tenant, persona, day_of(now)),
-            self._keys.budget_reservation(turn_id),
-        ]
-        args = [estimate, budget, BUCKET_TTL_S, RESERVATION_TTL_S]
+        if budget <= 0:
+            return Reservation(True, 0, BudgetUsage(0, 0, seconds_to_reset(now)))
         try:
-            granted, amount, used, reserved = await self._reserve(keys=keys, args=args)
-        except RedisError as exc:
+            row = await self._pool.fetchrow(
+                "SELECT granted, amount, used, reserved"
+                " FROM budget_reserve($1, $2, $3, $4, $5, $6)",
+                turn_id,
+                tenant,
+                persona,
+                day_of(now),
+                estimate,
+                budget,
+            )
+        except _PG_ERRORS as exc:
             raise DependencyUnavailable(f"budget reservation failed: {exc!r}") from exc
-        usage = BudgetUsage(int(used), int(reserved), seconds_to_reset(now))
-        return Reservation(bool(granted), int(amount), usage)
+        assert row is not None  # a function with OUT parameters returns one row
+        usage = BudgetUsage(int(row["used"]), int(row["reserved"]), seconds_to_reset(now))
+        return Reservation(bool(row["granted"]), int(row["amount"]), usage)
 
     async def settle(self, turn_id: str, tenant: str, persona: str, actual_tokens: int) -> bool:
         """Release the turn's reservation and count its actual usage; False if done before."""
-        keys = [
-            self._keys.budget_settled(turn_id),
-            self._keys.budget_reservation(turn_id),
-            self._keys.budget(tenant, persona, day_of(time.time())),
-        ]
         try:
-            done = await self._settle(
-                keys=keys, args=[max(0, actual_tokens), RESERVATION_TTL_S, BUCKET_TTL_S]
+            done = await self._pool.fetchval(
+                "SELECT budget_settle($1, $2, $3, $4, $5)",
+                turn_id,
+                tenant,
+                persona,
+                day_of(time.time()),
+                max(0, actual_tokens),
             )
-        except RedisError as exc:
+            await self._cleanup()
+        except _PG_ERRORS as exc:
             raise DependencyUnavailable(f"budget settlement failed: {exc!r}") from exc
         return bool(done)
+
+    async def _cleanup(self) -> None:
+        """Forget the holds of past days, at most once an hour per process."""
+        if time.monotonic() < self._next_cleanup:
+            return
+        self._next_cleanup = time.monotonic() + _CLEANUP_EVERY_S
+        await self._pool.execute(
+            "DELETE FROM budget_holds WHERE day < current_date - $1::int", HOLDS_KEPT_DAYS
+        )

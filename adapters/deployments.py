@@ -5,6 +5,10 @@ A circuit breaker per deployment (closed → open after `threshold` failures wit
 probe's success closes it, its failure opens it again), and moving averages of
 time-to-first-token and error rate. The LLM stage writes them; the ingress reads them for
 `POST /v1/route` and `/metrics`. All transitions are Lua scripts, so replicas agree.
+
+Without Redis the state is unknown: every call raises DependencyUnavailable at once
+while the process's `RedisGate` says Redis is down (a hung Redis costs one timeout, not
+one per call), and the LLM stage then treats every breaker as closed and calls the model.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway_runtime.errors import DependencyUnavailable
+from gateway_runtime.redis_gate import RedisGate
 from gateway_runtime.redis_keys import RedisKeys
 from schemas.events import ModelProfile
 
@@ -95,21 +100,34 @@ class DeploymentHealth:
         cooldown_s: float = 30.0,
         window_s: float = 60.0,
         alpha: float = 0.2,
+        gate: RedisGate | None = None,
     ) -> None:
         self._redis = redis
+        self._gate = gate or RedisGate.of(redis)
         self._keys = keys
         self._breaker = redis.register_script(_BREAKER)
         self._stats = redis.register_script(_STATS)
         self._args = [threshold, int(cooldown_s * 1000), int(window_s * 1000)]
         self._alpha = alpha
 
+    def _check(self) -> None:
+        if not self._gate.available():
+            self._gate.fallback("deployment_health")
+            raise DependencyUnavailable("deployment state unknown: redis is unavailable")
+
+    def _failed(self, what: str, exc: RedisError) -> DependencyUnavailable:
+        self._gate.failed("deployment_health", exc)
+        self._gate.fallback("deployment_health")
+        return DependencyUnavailable(f"{what} unavailable: {exc!r}")
+
     async def _transition(self, name: str, op: str) -> str:
+        self._check()
         try:
             result = await self._breaker(
                 keys=[self._keys.breaker(name)], args=[op, int(time.time() * 1000), *self._args]
             )
         except RedisError as exc:
-            raise DependencyUnavailable(f"breaker state unavailable: {exc!r}") from exc
+            raise self._failed("breaker state", exc) from exc
         return result.decode() if isinstance(result, bytes) else str(result)
 
     async def allow(self, name: str) -> str:
@@ -126,21 +144,23 @@ class DeploymentHealth:
         return await self._transition(name, "failure")
 
     async def _record(self, name: str, *, failed: bool, ttft_ms: float) -> None:
+        self._check()
         try:
             await self._stats(
                 keys=[self._keys.deployment_stats(name)], args=[self._alpha, int(failed), ttft_ms]
             )
         except RedisError as exc:
-            raise DependencyUnavailable(f"deployment stats unavailable: {exc!r}") from exc
+            raise self._failed("deployment stats", exc) from exc
 
     async def state(self, name: str) -> DeploymentState:
+        self._check()
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hgetall(self._keys.breaker(name))
                 pipe.hgetall(self._keys.deployment_stats(name))
                 breaker, stats = await pipe.execute()
         except RedisError as exc:
-            raise DependencyUnavailable(f"deployment state unavailable: {exc!r}") from exc
+            raise self._failed("deployment state", exc) from exc
         state = (breaker.get(b"state") or b"closed").decode()
         if state == "open" and int(breaker.get(b"open_until", 0)) <= time.time() * 1000:
             state = "half_open"  # the next request will be the probe
@@ -153,6 +173,7 @@ class DeploymentHealth:
         )
 
     async def all_states(self) -> list[DeploymentState]:
+        self._check()
         try:
             names = {
                 key.decode()[len(prefix) :]
@@ -160,5 +181,5 @@ class DeploymentHealth:
                 async for key in self._redis.scan_iter(match=prefix + "*", count=500)
             }
         except RedisError as exc:
-            raise DependencyUnavailable(f"deployment state unavailable: {exc!r}") from exc
+            raise self._failed("deployment state", exc) from exc
         return [await self.state(name) for name in sorted(names)]

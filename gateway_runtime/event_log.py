@@ -1,8 +1,9 @@
 """The Postgres event log the fan-out falls back to while Redis is unavailable.
 
 Events written here get ids `pg-<n>`; the ingress reads them when its Redis subscription
-is down (and on every connect), so a turn that ends during a Redis outage still reaches
-its client. Ordering against the Redis log uses the events' millisecond timestamps.
+is down, on every connect, and when Postgres notifies it of an append to a session it
+streams (`NOTIFY_CHANNEL`), so a turn that ends during a Redis outage still reaches its
+client. Ordering against the Redis log uses the events' millisecond timestamps.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import asyncpg
 from gateway_runtime.errors import DependencyUnavailable
 
 PG_ID_PREFIX = "pg-"
+# Each append notifies this channel with the session id: an ingress whose Redis
+# subscription looks fine (a hung Redis) still learns that a client has events here.
+NOTIFY_CHANNEL = "soma_session_events"
 
 
 class PostgresEventLog:
@@ -30,14 +34,17 @@ class PostgresEventLog:
         """Append one event; None when `once_key` was used before."""
         try:
             row_id = await self._pool.fetchval(
-                "INSERT INTO session_events (session_id, turn_id, type, payload, ts_ms, once_key)"
-                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (once_key) DO NOTHING RETURNING id",
+                "WITH added AS (INSERT INTO session_events"
+                " (session_id, turn_id, type, payload, ts_ms, once_key)"
+                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (once_key) DO NOTHING RETURNING id)"
+                " SELECT id FROM added, pg_notify($7, $1)",
                 session_id,
                 turn_id,
                 event_type,
                 payload,
                 ts_ms,
                 once_key,
+                NOTIFY_CHANNEL,
             )
         except (OSError, asyncpg.PostgresError) as exc:
             raise DependencyUnavailable(f"fallback event log write failed: {exc!r}") from exc

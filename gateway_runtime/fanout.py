@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from gateway_runtime.errors import DependencyUnavailable
 from gateway_runtime.event_log import PostgresEventLog
+from gateway_runtime.redis_gate import RedisGate
 from gateway_runtime.redis_keys import RedisKeys
 from gateway_runtime.settings import CommonSettings
 from schemas.events import ErrorInfo
@@ -53,8 +54,10 @@ class FanoutPublisher:
         maxlen: int,
         ttl_s: int,
         fallback: PostgresEventLog | None = None,
+        gate: RedisGate | None = None,
     ) -> None:
         self._redis = redis
+        self._gate = gate or RedisGate.of(redis)
         self._keys = keys
         self._fallback = fallback
         self._maxlen = maxlen
@@ -101,6 +104,11 @@ class FanoutPublisher:
             separators=(",", ":"),
         )
         keys = [self._keys.stream(session_id), self._keys.live(session_id), once_key or ""]
+        if self._fallback is not None and not self._gate.available():
+            self._gate.fallback("fanout")
+            return await self._fallback.append(
+                session_id, turn_id, event_type, payload, ts_ms, once_key
+            )
         try:
             result = await self._script(
                 keys=keys, args=[payload, self._maxlen, self._ttl_s, event_type]
@@ -108,6 +116,8 @@ class FanoutPublisher:
         except RedisError as exc:
             if self._fallback is None:
                 raise DependencyUnavailable(f"redis fan-out publish failed: {exc!r}") from exc
+            self._gate.failed("fanout", exc)
+            self._gate.fallback("fanout")
             return await self._fallback.append(
                 session_id, turn_id, event_type, payload, ts_ms, once_key
             )
@@ -117,12 +127,14 @@ class FanoutPublisher:
 
     async def recorded(self, once_key: str) -> dict[str, Any] | None:
         """The event published under `once_key`, if one was."""
-        try:
-            raw = await self._redis.get(once_key)
-        except RedisError as exc:
-            if self._fallback is None:
-                raise DependencyUnavailable(f"redis read failed: {exc!r}") from exc
-            raw = None
+        raw = None
+        if self._fallback is None or self._gate.available():
+            try:
+                raw = await self._redis.get(once_key)
+            except RedisError as exc:
+                if self._fallback is None:
+                    raise DependencyUnavailable(f"redis read failed: {exc!r}") from exc
+                self._gate.failed("fanout", exc)
         if raw is None and self._fallback is not None:
             raw = await self._fallback.recorded(once_key)
         return json.loads(raw) if raw else None

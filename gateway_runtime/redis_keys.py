@@ -1,7 +1,7 @@
 """Every Redis key of the mesh, named in one place, under the mesh's namespace.
 
 Meshes in different namespaces (`KAFKA_NAMESPACE`) share a Redis server without seeing
-each other's sessions, budgets, limits, breakers or cached keys: every name below starts
+each other's sessions, limits, breakers or cached keys: every name below starts
 with `<namespace>:`. Services and benchmarks build names only through `RedisKeys`. (In
 the default namespace `soma` the names are those the mesh used before they moved here.)
 
@@ -10,10 +10,9 @@ the default namespace `soma` the names are those the mesh used before they moved
     <ns>:turn-ended:<turn>                 events published at most once (their payload):
     <ns>:tool-call:<turn>:<round>            a turn's end, a round's calls, a call's result
     <ns>:tool-result:<turn>:<round>:<call>
-    <ns>:budget:<tenant>:<persona>:<day>   a daily token budget (hash: used, reserved)
-    <ns>:budget:resv:<turn>                a turn's reservation (bucket and amount)
-    <ns>:budget:settled:<turn>             marks a turn's settlement as done
     <ns>:rl:<limit>:<who>                  a rate limit's one-minute log (+ ":sum")
+    <ns>:rl:window:restored                the limits' last minute is in Redis (set when
+                                           it is folded back after an outage)
     <ns>:breaker:<deployment>              a deployment's circuit breaker
     <ns>:deployment-stats:<deployment>     its moving averages (TTFT, error rate)
     <ns>:apikey:<key id>                   a cached API key record
@@ -60,16 +59,6 @@ class RedisKeys:
 
     def tool_result(self, turn_id: str, tool_round: int, call_id: str) -> str:
         return f"{self.namespace}:tool-result:{turn_id}:{tool_round}:{call_id}"
-
-    # ---- budgets --------------------------------------------------------------------------
-    def budget(self, tenant: str, persona: str, day: str) -> str:
-        return f"{self.namespace}:budget:{tenant}:{persona}:{day}"
-
-    def budget_reservation(self, turn_id: str) -> str:
-        return f"{self.namespace}:budget:resv:{turn_id}"
-
-    def budget_settled(self, turn_id: str) -> str:
-        return f"{self.namespace}:budget:settled:{turn_id}"
 
     # ---- rate limits ----------------------------------------------------------------------
     def rate_log(self, limit: str, who: str) -> str:

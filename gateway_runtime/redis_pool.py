@@ -8,6 +8,9 @@ fallbacks. A blocking pool makes a burst wait for a free connection instead.
 from __future__ import annotations
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway_runtime.settings import CommonSettings
 
@@ -25,5 +28,9 @@ def open_redis(
         socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s,
         health_check_interval=30,
+        # A pooled connection a Redis restart left dead fails once: the command is tried
+        # again on a fresh connection. Only for connection errors: a timeout (a hung
+        # Redis) is not retried, so a call waits REDIS_TIMEOUT_S once.
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return Redis(connection_pool=pool)

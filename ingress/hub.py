@@ -121,6 +121,15 @@ class FanoutHub:
                     queue.get_nowait()
                 queue.put_nowait(RESYNC)
 
+    def resync(self, session_id: str) -> None:
+        """Tell the session's clients to read the durable logs (the fallback log has news)."""
+        for queue in self._clients.get(session_id, ()):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(RESYNC)
+
+    def resync_all(self) -> None:
+        self._broadcast(RESYNC)
+
     def _broadcast(self, item: Item) -> None:
         for queues in self._clients.values():
             for queue in queues:

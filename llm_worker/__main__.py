@@ -10,6 +10,7 @@ from adapters.deployments import DeploymentHealth
 from adapters.tenants import TenantDirectory
 from gateway_runtime.ports import ChatModel
 from gateway_runtime.postgres import create_pool
+from gateway_runtime.redis_gate import RedisGate
 from gateway_runtime.redis_keys import RedisKeys
 from gateway_runtime.settings import LLMSettings
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
@@ -46,12 +47,14 @@ async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
             redis_client(settings) as redis,
         ):
             fanout = fanout_publisher(redis, settings, pool)
+            gate = RedisGate.of(redis)  # breakers and attempt counts: one Redis, one gate
             health = DeploymentHealth(
                 redis,
                 keys,
                 threshold=settings.breaker_failure_threshold,
                 cooldown_s=settings.breaker_cooldown_s,
                 window_s=settings.breaker_window_s,
+                gate=gate,
             )
             router = ModelRouter(
                 build_model(settings, http),
@@ -65,10 +68,13 @@ async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
                 keys=keys,
                 router=router,
                 fanout=fanout,
-                attempts=TurnAttempts(redis, keys),
+                attempts=TurnAttempts(redis, keys, gate=gate),
                 tools=ToolOffer(load_definitions(), tenants, settings.max_tool_rounds),
             )
-            await serve_stage(handler, settings, stop, fanout=fanout)
+            try:
+                await serve_stage(handler, settings, stop, fanout=fanout)
+            finally:
+                await gate.close()
     finally:
         await pool.close()
 

@@ -6,10 +6,9 @@ import asyncio
 
 import httpx
 
-from adapters.budgets import RedisBudgetLedger
+from adapters.budgets import PostgresBudgetLedger
 from adapters.memory import open_memory
 from gateway_runtime.postgres import create_pool
-from gateway_runtime.redis_keys import RedisKeys
 from gateway_runtime.settings import PersistenceSettings
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
 from persistence_worker.handler import PersistenceHandler
@@ -27,7 +26,7 @@ async def main(settings: PersistenceSettings, stop: asyncio.Event) -> None:
             handler = PersistenceHandler(
                 topics=Topics.for_namespace(settings.kafka_namespace),
                 store=PostgresTurnStore(pool),
-                budgets=RedisBudgetLedger(redis, RedisKeys(settings.kafka_namespace)),
+                budgets=PostgresBudgetLedger(pool),
                 memory=open_memory(settings.somabrain_url, pool, http),
             )
             await serve_stage(

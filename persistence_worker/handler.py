@@ -2,7 +2,8 @@
 
 Every side effect is idempotent per turn (event_id): the rows are written once, the
 turn's token reservation is settled to its actual usage once (a failed turn settles what
-it used, usually nothing, which releases the reservation), and a completed exchange is
+it used, usually nothing, which releases the reservation; a turn that reserved nothing,
+its persona having no budget, has nothing to settle), and a completed exchange is
 remembered once. The later effects run even when the rows were stored before, so a crash
 between them is repaired by the redelivery.
 """
@@ -46,12 +47,13 @@ class PersistenceHandler:
         if not await self.store.save(event):
             log.info("turn already stored; redelivery ignored")
         request = event.request
-        await self.budgets.settle(
-            request.event_id,
-            request.tenant,
-            request.persona_id or DEFAULT_PERSONA,
-            event.usage.prompt_tokens + event.usage.completion_tokens,
-        )
+        if event.reserved_tokens > 0:  # a turn without a budget has no counters to settle
+            await self.budgets.settle(
+                request.event_id,
+                request.tenant,
+                request.persona_id or DEFAULT_PERSONA,
+                event.usage.prompt_tokens + event.usage.completion_tokens,
+            )
         if (content := memory_of(event)) is not None:
             await self.memory.remember(
                 request.tenant, event.principal, request.session_id, request.event_id, content

@@ -36,7 +36,8 @@ class Admission:
             if not tenant.fail_open:
                 raise unavailable(
                     "rate_limiter_unavailable",
-                    "the rate limiter cannot be reached and this tenant fails closed; retry soon",
+                    "the rate limiter cannot reach Redis or Postgres and this tenant fails"
+                    " closed; retry soon",
                 ) from exc
             log.warning("rate limiter unavailable; tenant %s fails open", tenant.name)
         else:

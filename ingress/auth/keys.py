@@ -9,10 +9,16 @@ the hashes are compared in constant time.
 Revocation writes Postgres, then overwrites the Redis entry with a revoked one (no TTL
 race: fills use SET NX and never replace it), so every replica refuses the key from its
 next request. `last_used_at` is written at most once a minute per key.
+
+While Redis is unavailable (the process's `RedisGate`), keys are looked up in Postgres
+alone and `last_used_at` is not written. A request waits on the cache at most
+REDIS_REQUEST_TIMEOUT_S, and only until the gate knows: a hung Redis costs the first
+requests that, later ones nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -29,6 +35,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway_runtime.errors import DependencyUnavailable
+from gateway_runtime.redis_gate import RedisGate
 from gateway_runtime.redis_keys import RedisKeys
 from ingress.auth.principal import Principal
 
@@ -88,12 +95,21 @@ _PG_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
 class KeyStore:
     def __init__(
-        self, pool: asyncpg.Pool, redis: Redis, keys: RedisKeys, *, cache_ttl_s: int
+        self,
+        pool: asyncpg.Pool,
+        redis: Redis,
+        keys: RedisKeys,
+        *,
+        cache_ttl_s: int,
+        gate: RedisGate | None = None,
+        wait_s: float | None = None,
     ) -> None:
         self._pool = pool
         self._redis = redis
         self._keys = keys
         self._ttl = cache_ttl_s
+        self._gate = gate or RedisGate.of(redis)
+        self._wait_s = wait_s  # per cache call (None: the client's socket timeout)
 
     async def create(
         self, tenant: str, label: str, scopes: list[str], created_by: str
@@ -157,6 +173,7 @@ class KeyStore:
             await self._redis.set(self._keys.api_key(key_id), entry, ex=REVOKED_TTL_S)
         except RedisError as exc:
             # Postgres says revoked; a replica's cached copy must not outlive it.
+            self._gate.failed("api_key_cache", exc)
             raise _unavailable(exc) from exc
         record = dict(row)
         record.pop("secret_sha256")
@@ -181,12 +198,16 @@ class KeyStore:
         )
 
     async def _lookup(self, key_id: str) -> dict[str, Any] | None:
-        cache_key = self._keys.api_key(key_id)
-        try:
-            cached = await self._redis.get(cache_key)
-        except RedisError as exc:
-            log.warning("key cache unavailable, asking Postgres: %r", exc)
-            cached, cache_key = None, ""
+        cache_key, cached = self._keys.api_key(key_id), None
+        if self._gate.available():
+            try:
+                async with asyncio.timeout(self._wait_s):
+                    cached = await self._redis.get(cache_key)
+            except (RedisError, TimeoutError) as exc:
+                self._gate.failed("api_key_cache", exc)
+        if not self._gate.available():
+            self._gate.fallback("api_key_cache")
+            cache_key = ""
         if cached:
             entry: dict[str, Any] = json.loads(cached)
             return None if entry.get("missing") else entry
@@ -205,17 +226,22 @@ class KeyStore:
         )
         if cache_key:
             try:
-                await self._redis.set(cache_key, value, ex=self._ttl, nx=True)
-            except RedisError as exc:
-                log.warning("could not cache key %s: %r", key_id, exc)
+                async with asyncio.timeout(self._wait_s):
+                    await self._redis.set(cache_key, value, ex=self._ttl, nx=True)
+            except (RedisError, TimeoutError) as exc:
+                self._gate.failed("api_key_cache", exc)
         found: dict[str, Any] = json.loads(value)
         return found if row else None
 
     async def _touch(self, key_id: str) -> None:
-        """Record use, at most once a minute per key across all replicas."""
+        """Record use, at most once a minute per key across all replicas (not without Redis)."""
+        if not self._gate.available():
+            return
         try:
-            first = await self._redis.set(self._keys.api_key_used(key_id), 1, ex=60, nx=True)
-        except RedisError:
+            async with asyncio.timeout(self._wait_s):
+                first = await self._redis.set(self._keys.api_key_used(key_id), 1, ex=60, nx=True)
+        except (RedisError, TimeoutError) as exc:
+            self._gate.failed("api_key_cache", exc)
             return
         if first:
             try:

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from adapters.openfga import FgaAuthorizer
 from adapters.tenants import TenantDirectory
+from gateway_runtime.redis_gate import RedisGate
 from gateway_runtime.redis_keys import RedisKeys
 from gateway_runtime.settings import AuthSettings
 from ingress.auth.errors import unauthenticated, unavailable
@@ -66,15 +67,27 @@ async def open_auth(
     http: httpx.AsyncClient,
 ) -> AsyncIterator[AuthServices]:
     authorizer = FgaAuthorizer(settings)
+    gate = RedisGate.of(redis)  # one for the key cache and the limiter: one Redis
+    wait_s = settings.redis_request_timeout_s
+    limiter = RateLimiter(redis, keys, pool, gate=gate, wait_s=wait_s)
     try:
         yield AuthServices(
             require_auth=require_auth,
-            keys=KeyStore(pool, redis, keys, cache_ttl_s=settings.api_key_cache_ttl_s),
+            keys=KeyStore(
+                pool,
+                redis,
+                keys,
+                cache_ttl_s=settings.api_key_cache_ttl_s,
+                gate=gate,
+                wait_s=wait_s,
+            ),
             jwt=JwtVerifier(settings, http),
             authorizer=authorizer,
             sessions=SessionAccess(pool, authorizer),
-            limiter=RateLimiter(redis, keys),
+            limiter=limiter,
             tenants=TenantDirectory(settings.tenants_file),
         )
     finally:
+        await limiter.close()
+        await gate.close()
         await authorizer.close()

@@ -1,64 +1,63 @@
-"""The budget ledger's Redis scripts on the real Redis: atomic, idempotent, released."""
+"""The budget ledger's Postgres functions on the real Postgres: atomic, idempotent, released."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
-from redis.asyncio import BlockingConnectionPool, Redis
 
-from adapters.budgets import RedisBudgetLedger, day_of
+from adapters.budgets import PostgresBudgetLedger
+from gateway_runtime.postgres import migrate
 from testbed.sandbox import Sandbox
 
 
 @pytest.fixture
-async def ledger(sandbox: Sandbox) -> AsyncIterator[tuple[RedisBudgetLedger, Redis]]:
-    # a blocking pool: 300 concurrent calls queue for its connections instead of failing
-    pool = BlockingConnectionPool.from_url(sandbox.redis_url, max_connections=50)
-    redis = Redis(connection_pool=pool)
+async def pool(sandbox: Sandbox) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(sandbox.postgres_dsn, min_size=1, max_size=20)
     try:
-        yield RedisBudgetLedger(redis, sandbox.keys), redis
+        await migrate(pool)
+        yield pool
     finally:
-        await redis.aclose()
-        await pool.disconnect()
+        await pool.close()
+
+
+@pytest.fixture
+def budgets(pool: asyncpg.Pool) -> PostgresBudgetLedger:
+    return PostgresBudgetLedger(pool)
 
 
 async def test_concurrent_reservations_never_exceed_the_budget(
-    ledger: tuple[RedisBudgetLedger, Redis],
+    budgets: PostgresBudgetLedger,
 ) -> None:
-    budgets, _ = ledger
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     held = await asyncio.gather(
         *(budgets.reserve(uuid.uuid4().hex, tenant, "p", 7, 100) for _ in range(300))
     )
     assert sum(h.granted for h in held) == 14  # 14 * 7 = 98 <= 100 < 105
+    refused = [h for h in held if not h.granted]
+    assert all(h.usage.used + h.usage.reserved + 7 > 100 for h in refused)
     usage = await budgets.usage(tenant, "p")
     assert (usage.used, usage.reserved) == (0, 98)
 
 
-async def test_reserve_and_settle_are_idempotent_per_turn(
-    ledger: tuple[RedisBudgetLedger, Redis], sandbox: Sandbox
-) -> None:
-    budgets, redis = ledger
+async def test_reserve_and_settle_are_idempotent_per_turn(budgets: PostgresBudgetLedger) -> None:
     tenant, turn = f"t-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    first = await budgets.reserve(turn, tenant, "p", 30, 100)
-    again = await budgets.reserve(turn, tenant, "p", 30, 100)  # a redelivered turn
-    assert first.granted and again.granted and again.amount == 30
+    first, again = await asyncio.gather(  # a redelivered turn, even at the same moment
+        budgets.reserve(turn, tenant, "p", 30, 100), budgets.reserve(turn, tenant, "p", 30, 100)
+    )
+    assert first.granted and again.granted and first.amount == again.amount == 30
     assert (await budgets.usage(tenant, "p")).reserved == 30
-    assert await budgets.settle(turn, tenant, "p", 42) is True
-    assert await budgets.settle(turn, tenant, "p", 42) is False  # redelivered completion
+    settled = await asyncio.gather(*(budgets.settle(turn, tenant, "p", 42) for _ in range(3)))
+    assert sorted(settled) == [False, False, True]  # redelivered completions
+    assert (await budgets.reserve(turn, tenant, "p", 30, 100)).amount == 30  # holds nothing new
     usage = await budgets.usage(tenant, "p")
     assert (usage.used, usage.reserved) == (42, 0)
-    assert int(await redis.ttl(sandbox.keys.budget(tenant, "p", day_of(time.time())))) > 86400
 
 
-async def test_a_failed_turn_releases_its_reservation(
-    ledger: tuple[RedisBudgetLedger, Redis],
-) -> None:
-    budgets, _ = ledger
+async def test_a_failed_turn_releases_its_reservation(budgets: PostgresBudgetLedger) -> None:
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     turn = uuid.uuid4().hex
     assert (await budgets.reserve(turn, tenant, "p", 80, 100)).granted
@@ -67,11 +66,18 @@ async def test_a_failed_turn_releases_its_reservation(
     assert (await budgets.reserve(uuid.uuid4().hex, tenant, "p", 80, 100)).granted
 
 
-async def test_unlimited_budget_and_unreserved_settlement(
-    ledger: tuple[RedisBudgetLedger, Redis],
-) -> None:
-    budgets, _ = ledger
+async def test_unlimited_budget_and_unreserved_settlement(budgets: PostgresBudgetLedger) -> None:
     tenant = f"t-{uuid.uuid4().hex[:8]}"
-    assert (await budgets.reserve(uuid.uuid4().hex, tenant, "p", 10**9, 0)).granted
-    await budgets.settle(uuid.uuid4().hex, tenant, "q", 12)  # a turn that reserved nothing
+    unlimited = await budgets.reserve(uuid.uuid4().hex, tenant, "p", 10**9, 0)
+    assert unlimited.granted and unlimited.amount == 0  # nothing held, nothing asked
+    assert (await budgets.usage(tenant, "p")).reserved == 0
+    turn = uuid.uuid4().hex
+    assert await budgets.settle(turn, tenant, "q", 12)  # a turn that reserved nothing
+    assert not await budgets.settle(turn, tenant, "q", 12)
     assert (await budgets.usage(tenant, "q")).used == 12
+
+
+async def test_no_budget_no_postgres() -> None:
+    """The unlimited path asks nothing: a ledger on a closed pool still answers."""
+    ledger = PostgresBudgetLedger(None)  # type: ignore[arg-type]
+    assert (await ledger.reserve("t", "tenant", "p", 5, 0)).granted

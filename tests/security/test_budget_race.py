@@ -13,7 +13,6 @@ import time
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
-from redis.asyncio import Redis
 
 from adapters.budgets import day_of
 from schemas.codec import header
@@ -98,19 +97,19 @@ async def test_fifty_concurrent_turns_against_a_budget_for_ten(
     assert reaching_llm == ADMITTED
 
     # Settlement: the reservations are released and the actual usage (30 a turn) counted.
-    redis = Redis.from_url(auth_mesh.sandbox.redis_url)
-    bucket = auth_mesh.sandbox.keys.budget(tenant, "default", day_of(time.time()))
+    conn = await asyncpg.connect(auth_mesh.sandbox.postgres_dsn)
     try:
 
         async def settled() -> bool:
-            used, reserved = await redis.hmget(bucket, "used", "reserved")
-            return int(used or 0) == ADMITTED * 30 and int(reserved or 0) == 0
+            row = await conn.fetchrow(
+                "SELECT used, reserved FROM budget_counters"
+                " WHERE tenant = $1 AND persona = 'default' AND day = $2",
+                tenant,
+                day_of(time.time()),
+            )
+            return row is not None and (row["used"], row["reserved"]) == (ADMITTED * 30, 0)
 
         await eventually(settled, 30)
-    finally:
-        await redis.aclose()
-    conn = await asyncpg.connect(auth_mesh.sandbox.postgres_dsn)
-    try:
         stored = await conn.fetchval("SELECT count(*) FROM turns WHERE tenant = $1", tenant)
     finally:
         await conn.close()

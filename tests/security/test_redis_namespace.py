@@ -18,7 +18,6 @@ from tests.security.helpers import as_key, end_of_turn, new_key, post_turn, turn
 KINDS = {
     "apikey",
     "rl",
-    "budget",
     "turn-attempts",
     "turn-ended",
     "breaker",

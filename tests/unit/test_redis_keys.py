@@ -1,5 +1,5 @@
 """Redis key names: all under the namespace, and in the default one the names a running
-stack already holds (so an upgrade finds its budgets, breakers and once-keys again)."""
+stack already holds (so an upgrade finds its breakers and once-keys again)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,6 @@ def _every_name(keys: RedisKeys) -> list[str]:
         keys.turn_ended("t"),
         keys.tool_calls("t", 1),
         keys.tool_result("t", 1, "c"),
-        keys.budget("acme", "p", "20261130"),
-        keys.budget_reservation("t"),
-        keys.budget_settled("t"),
         keys.rate_log("rpm_per_key", "key:k"),
         keys.breaker("m@u"),
         keys.deployment_stats("m@u"),
@@ -38,9 +35,6 @@ def test_the_default_namespace_keeps_the_names_of_earlier_releases() -> None:
         "soma:turn-ended:t",
         "soma:tool-call:t:1",
         "soma:tool-result:t:1:c",
-        "soma:budget:acme:p:20261130",
-        "soma:budget:resv:t",
-        "soma:budget:settled:t",
         "soma:rl:rpm_per_key:key:k",
         "soma:breaker:m@u",
         "soma:deployment-stats:m@u",
