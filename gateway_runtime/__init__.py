@@ -12,6 +12,9 @@
     redis_keys.py   every Redis key name, under the mesh's namespace
     postgres.py     the pool and the schema migrations (migrations/)
     redis_pool.py   the one way processes open Redis
+    redis_gate.py   skip a failed Redis until a probe answers (fallbacks, not timeouts)
+    delivery.py     which Kafka record a handler is working on (and replay headers)
+    supervisor.py   restarts crashed services in the local profile
     logs.py         JSON logs with the event's correlation fields
     metrics.py      Prometheus metrics of the stages
     provision.py    `python -m gateway_runtime.provision`: topics, migrations, OpenFGA, OPA

@@ -12,10 +12,16 @@
         └── AllDeploymentsFailed
 
 Adapters translate their library's exceptions into these with `raise ... from exc`.
-Only the ingress maps errors to HTTP; only the stage loop catches everything.
+Only the ingress maps errors to HTTP; only the stage loop catches everything, and it
+treats a library's own timeout or dropped connection that slipped through an adapter
+(`TRANSIENT`) like a `RetryableError`: a hung dependency is retried, then dead-lettered.
 """
 
 from __future__ import annotations
+
+import asyncpg
+import httpx
+import redis.exceptions
 
 
 class GatewayError(Exception):
@@ -66,3 +72,17 @@ class AllDeploymentsFailed(ProviderError):
         detail = "; ".join(attempts) or "no deployment configured"
         super().__init__(detail, status=last.status if last else None)
         self.attempts = attempts
+
+
+# Failures of a dependency to answer, whichever library raised them: retried.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    RetryableError,
+    TimeoutError,  # asyncio's and asyncpg's command timeouts among them
+    ConnectionError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # the connection was closed under the query
+    asyncpg.exceptions.CannotConnectNowError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    httpx.TransportError,
+)

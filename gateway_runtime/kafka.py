@@ -9,6 +9,7 @@ authorized) is `PublishRefused`, anything else `DependencyUnavailable` (retry la
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -80,6 +81,22 @@ class KafkaPublisher:
             raise PublishRefused(f"kafka refused a record for {topic}: {exc!r}") from exc
         except KafkaError as exc:
             raise DependencyUnavailable(f"kafka publish to {topic} failed: {exc!r}") from exc
+
+    async def start_send(self, topic: str, record: EncodedEvent) -> asyncio.Future[Any]:
+        """Hand the record to the producer; the future resolves when the broker has it.
+
+        For a caller that must not wait for the broker (the ingress's outbox): the send
+        goes on after the caller stops waiting, and the future says how it ended.
+        """
+        try:
+            future: asyncio.Future[Any] = await self.producer.send(
+                topic, value=record.value, key=record.key, headers=record.headers
+            )
+        except _REFUSED_FOR_GOOD as exc:
+            raise PublishRefused(f"kafka refused a record for {topic}: {exc!r}") from exc
+        except KafkaError as exc:
+            raise DependencyUnavailable(f"kafka publish to {topic} failed: {exc!r}") from exc
+        return future
 
 
 class GroupConsumer:

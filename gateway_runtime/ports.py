@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway_runtime.delivery import Delivery
 from schemas.codec import EncodedEvent
 from schemas.events import (
     ChatMessage,
@@ -131,8 +132,9 @@ class Tenant:
 
     name: str
     system_prompt: str = "You are a helpful, concise assistant."
-    # When OPA (the policy engine) or Redis (the rate limiter) cannot be reached: admit
-    # (True) or refuse (False, the default). Budget reservations hold either way.
+    # When OPA (the policy engine) or the rate limiter (Redis and its Postgres fallback)
+    # cannot be reached: admit (True) or refuse (False, the default). Budget reservations
+    # hold either way.
     fail_open: bool = False
     tokens_per_day: int = 0
     persona_tokens_per_day: dict[str, int] = field(default_factory=dict)
@@ -258,6 +260,12 @@ class Budgets(Protocol):
     async def settle(self, turn_id: str, tenant: str, persona: str, actual_tokens: int) -> bool:
         """Release the turn's reservation and count its usage; False if done before."""
         ...
+
+
+class Admissions(Protocol):
+    """Each turn admitted once (adapters/admissions.py): False for a second record of it."""
+
+    async def admit(self, event_id: str, delivery: Delivery) -> bool: ...
 
 
 # ---- the context and persistence stages ----------------------------------------------------

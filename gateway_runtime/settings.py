@@ -121,6 +121,10 @@ class AuthSettings(OpenFgaSettings):
     # How long a replica may trust its Redis copy of a key (revocation replaces the copy
     # at once, so this only bounds how long Postgres goes unasked).
     api_key_cache_ttl_s: int = 30
+    # How long a request waits on Redis (API-key cache, rate limiter) before it falls back
+    # to Postgres: a hung Redis costs the first requests this, not REDIS_TIMEOUT_S, so they
+    # still answer within TURN_ACCEPT_DEADLINE_S (later ones skip Redis until it answers).
+    redis_request_timeout_s: float = 0.5
     # JWT bearer tokens: HS256 with this secret, and/or RS256/ES256 with keys from a JWKS URL.
     jwt_hs256_secret: SecretStr | None = None
     jwt_jwks_url: str | None = None
@@ -156,6 +160,9 @@ class IngressSettings(AuthSettings):
     # durable log (it loses nothing; the queue's memory stays bounded).
     sse_client_queue: int = 1000
     health_timeout_s: float = 2.0
+    # How long /v1/health reuses its view of the stages' consumer groups (frequent polls
+    # then cost the broker one inspection per this interval).
+    health_stages_cache_s: float = 1.0
     # POST /v1/session/message|action answers within this, whatever Kafka or Postgres do:
     # 202 (published, or kept in the Postgres outbox until Kafka is back) or 503.
     turn_accept_deadline_s: float = 2.0
@@ -227,9 +234,33 @@ class DeadLetterIndexSettings(StageSettings):
     service_name: str = "deadletter_index"
 
 
+class SupervisorSettings(CommonSettings):
+    """The local profile's supervisor (gateway_runtime/supervisor.py): restarts a crashed
+    service after a delay that doubles while it keeps crashing at once."""
+
+    service_name: str = "supervisor"
+    supervisor_restart_delay_s: float = 0.5
+    supervisor_restart_delay_max_s: float = 30.0
+    # On SIGTERM, how long the services may take to stop before SIGKILL (beyond a stage's
+    # SHUTDOWN_GRACE_S, so its in-flight events finish first).
+    supervisor_stop_timeout_s: float = 25.0
+
+
 class ProvisionSettings(OpenFgaSettings, OpaSettings):
     service_name: str = "provision"
 
 
 class BootstrapSettings(AuthSettings):
     service_name: str = "bootstrap"
+
+
+class CliSettings(BaseSettings):
+    """The SRE CLI (`soma-gateway`, soma_cli/): it talks to the REST API only, so it needs
+    none of the backing services' addresses (and runs from any machine)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    soma_gateway_url: str = "http://127.0.0.1:8010"
+    # Unset: the bootstrap key `make up` keeps in $SOMA_HOME/admin-key, if that file exists.
+    soma_api_key: SecretStr | None = None
+    soma_home: Path = Path.home() / ".cache" / "soma-gateway"

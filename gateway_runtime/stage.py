@@ -8,8 +8,9 @@ Guarantees, in order of importance:
   different keys run concurrently, up to `max_in_flight`;
 - a poison record never stops its partition: it is dead-lettered with provenance
   headers and the partition moves on;
-- `RetryableError` is retried with exponential backoff, `attempts` times in all, then
-  dead-lettered; any other exception is dead-lettered at once;
+- `RetryableError`, and a dependency's timeout or dropped connection (`TRANSIENT`), is
+  retried with exponential backoff, `attempts` times in all, then dead-lettered; any
+  other exception is dead-lettered at once;
 - a dead letter the broker will not take is retried until it lands (a record it refuses
   for good is sent as its provenance headers without the value, which stays readable at
   its source offset); meanwhile that partition's commits wait at the record, never past
@@ -29,7 +30,8 @@ import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from gateway_runtime.errors import PublishRefused, RetryableError
+from gateway_runtime.delivery import Delivery, set_delivery
+from gateway_runtime.errors import TRANSIENT, PublishRefused, RetryableError
 from gateway_runtime.logs import log_context
 from gateway_runtime.metrics import (
     DEAD_LETTER_FAILURES,
@@ -139,6 +141,7 @@ class StageLoop:
     async def _process(self, record: ConsumedRecord) -> None:
         started = time.perf_counter()
         headers = list(record.headers or ())
+        set_delivery(Delivery(record.topic, record.partition, record.offset, headers))
         log_context.set(
             {
                 "stage": self._stage,
@@ -158,7 +161,7 @@ class StageLoop:
                 await self._handle(record, headers)
                 STAGE_EVENTS.labels(self._stage, "ok").inc()
                 break
-            except RetryableError as exc:
+            except TRANSIENT as exc:
                 first_failure = first_failure or time.time()
                 if attempt >= self._settings.retry_attempts:
                     await self._dead_letter(record, exc, attempt, first_failure)

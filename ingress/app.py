@@ -10,10 +10,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway_runtime.settings import IngressSettings
 from ingress.body_limit import BodyLimitMiddleware
+from ingress.deadline import AcceptDeadline
 from ingress.errors import install_error_handlers
 from ingress.metrics import refresh_deployment_gauges
 from ingress.resources import open_resources
-from ingress.routes import health, keys, model_profiles, route, session, stream
+from ingress.routes import (
+    capsules,
+    health,
+    keys,
+    model_profiles,
+    requeue,
+    route,
+    session,
+    stream,
+)
+
+# Starting a turn answers within TURN_ACCEPT_DEADLINE_S (ingress/deadline.py).
+TURN_PATHS = frozenset({"/v1/session/message", "/v1/session/action"})
 
 
 def create_app(settings: IngressSettings | None = None) -> FastAPI:
@@ -27,6 +40,7 @@ def create_app(settings: IngressSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="Soma Gateway", version="0.1.0", lifespan=lifespan)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AcceptDeadline, paths=TURN_PATHS, deadline_s=settings.turn_accept_deadline_s)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(session.router)
@@ -34,6 +48,8 @@ def create_app(settings: IngressSettings | None = None) -> FastAPI:
     app.include_router(model_profiles.router)
     app.include_router(route.router)
     app.include_router(keys.router)
+    app.include_router(capsules.router)
+    app.include_router(requeue.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

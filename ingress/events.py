@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import cast
 
 from redis.asyncio import Redis
@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from gateway_runtime.errors import DependencyUnavailable
 from gateway_runtime.event_log import PG_ID_PREFIX, PostgresEventLog
+from gateway_runtime.redis_gate import RedisGate
 from gateway_runtime.redis_keys import RedisKeys
 from ingress.hub import RESYNC, FanoutHub, SessionEvent
 
@@ -66,9 +67,15 @@ class _Cursor:
 
 class SessionEvents:
     def __init__(
-        self, redis: Redis, hub: FanoutHub, fallback: PostgresEventLog, keys: RedisKeys
+        self,
+        redis: Redis,
+        hub: FanoutHub,
+        fallback: PostgresEventLog,
+        keys: RedisKeys,
+        gate: RedisGate | None = None,
     ) -> None:
         self._redis = redis
+        self._gate = gate or RedisGate.of(redis)
         self._hub = hub
         self._fallback = fallback
         self._keys = keys
@@ -81,11 +88,15 @@ class SessionEvents:
             low = f"{cursor.ts_ms + 1}-0"
         else:
             low = "-"
+        if not self._gate.available():
+            self._gate.fallback("session_events")
+            raise DependencyUnavailable("event log unavailable: redis is down")
         try:
             raw = await self._redis.xrange(self._keys.stream(session_id), min=low, max="+")
             # redis-py types replies for every decoding mode; ours returns bytes.
             entries = cast(list[tuple[bytes, dict[bytes, bytes]]], raw)
         except RedisError as exc:
+            self._gate.failed("session_events", exc)
             raise DependencyUnavailable(f"event log unavailable: {exc!r}") from exc
         return [SessionEvent(i.decode(), f[b"t"].decode(), f[b"e"].decode()) for i, f in entries]
 
@@ -122,7 +133,42 @@ class SessionEvents:
     async def follow(
         self, session_id: str, after: str | None, keepalive_s: float
     ) -> AsyncIterator[SessionEvent | None]:
-        """Yield events after `after` (all retained ones if None); None = keep-alive tick."""
+        """Yield events after `after` (all retained ones if None); None = keep-alive tick.
+
+        A tick comes every `keepalive_s` without an event whatever the logs do: a read
+        that hangs on a hung Redis or Postgres (until its timeout) holds events back,
+        never the keep-alives that tell the client and its proxies the stream is alive.
+        """
+        events = self._follow(session_id, after, keepalive_s)
+        pending = asyncio.ensure_future(anext(events))
+        last_sent = time.monotonic()
+        try:
+            while True:
+                wait_s = last_sent + keepalive_s - time.monotonic()
+                done, _ = await asyncio.wait({pending}, timeout=max(wait_s, 0))
+                quiet = time.monotonic() - last_sent >= keepalive_s
+                if not done:
+                    if not quiet:
+                        continue
+                    item = None  # the log reads hang: tick anyway
+                else:
+                    try:
+                        item = pending.result()
+                    except StopAsyncIteration:
+                        return
+                    pending = asyncio.ensure_future(anext(events))
+                    if item is None and not quiet:
+                        continue  # a tick went out already
+                last_sent = time.monotonic()
+                yield item
+        finally:
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+            await events.aclose()
+
+    async def _follow(
+        self, session_id: str, after: str | None, keepalive_s: float
+    ) -> AsyncGenerator[SessionEvent | None, None]:
         cursor = _Cursor()
         if after and after.startswith(PG_ID_PREFIX):
             cursor.pg_id = int(after[len(PG_ID_PREFIX) :])

@@ -10,6 +10,7 @@ import asyncpg
 import httpx
 from redis.asyncio import Redis
 
+from adapters.dead_letters import DeadLetterStore
 from adapters.deployments import DeploymentHealth
 from adapters.profiles import ProfileStore
 from gateway_runtime.event_log import PostgresEventLog
@@ -20,8 +21,12 @@ from gateway_runtime.redis_keys import RedisKeys
 from gateway_runtime.redis_pool import open_redis
 from gateway_runtime.settings import IngressSettings
 from ingress.auth.services import AuthServices, open_auth
+from ingress.consumer_groups import ConsumerGroups
 from ingress.events import SessionEvents
+from ingress.fallback_watch import FallbackLogWatch
 from ingress.hub import FanoutHub
+from ingress.idempotency import IdempotencyKeys
+from ingress.outbox import TurnOutbox
 from schemas.codec import Codec
 from schemas.topics import Topics
 
@@ -41,6 +46,12 @@ class Resources:
     profiles: ProfileStore
     deployments: DeploymentHealth
     auth: AuthServices
+    dead_letters: DeadLetterStore
+    outbox: TurnOutbox
+    idempotency: IdempotencyKeys
+    groups: ConsumerGroups  # each stage's consumer group, for /v1/health
+    # The capsule registry's client (routes/capsules.py); None when it is not configured.
+    capsule_registry: httpx.AsyncClient | None = None
 
 
 @contextlib.asynccontextmanager
@@ -49,15 +60,25 @@ async def open_resources(settings: IngressSettings) -> AsyncIterator[Resources]:
         producer = make_producer(settings.kafka_bootstrap_servers, client_id="ingress")
         await producer.start()
         stack.push_async_callback(producer.stop)
+        groups = await stack.enter_async_context(ConsumerGroups.open(settings))
         redis = open_redis(settings, max_connections=256)
         stack.push_async_callback(redis.aclose)
         pool = await create_pool(settings, min_size=1, max_size=10)
         stack.push_async_callback(pool.close)
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=10.0))
+        capsule_registry = None
+        if settings.capsule_registry_url:
+            capsule_registry = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=settings.capsule_registry_url,
+                    timeout=settings.capsule_registry_timeout_s,
+                )
+            )
         keys = RedisKeys(settings.kafka_namespace)
         hub = FanoutHub(redis, keys, queue_size=settings.sse_client_queue)
         await hub.start()
         stack.push_async_callback(hub.stop)
+        await stack.enter_async_context(FallbackLogWatch(settings, hub).running())
         auth = await stack.enter_async_context(
             open_auth(
                 settings,
@@ -68,18 +89,27 @@ async def open_resources(settings: IngressSettings) -> AsyncIterator[Resources]:
                 http=http,
             )
         )
+        publisher = KafkaPublisher(producer)
+        outbox = TurnOutbox(pool, publisher, settings)
+        await stack.enter_async_context(outbox.running())
+        event_log = PostgresEventLog(pool)
         yield Resources(
             settings=settings,
             codec=Codec(),
-            publisher=KafkaPublisher(producer),
+            publisher=publisher,
             redis=redis,
             pool=pool,
             http=http,
             hub=hub,
-            events=SessionEvents(redis, hub, PostgresEventLog(pool), keys),
-            fanout=FanoutPublisher.from_settings(redis, settings),
+            events=SessionEvents(redis, hub, event_log, keys),
+            fanout=FanoutPublisher.from_settings(redis, settings, event_log),
             topics=Topics.for_namespace(settings.kafka_namespace),
             profiles=ProfileStore(pool),
             deployments=DeploymentHealth(redis, keys),
             auth=auth,
+            dead_letters=DeadLetterStore(pool),
+            outbox=outbox,
+            idempotency=IdempotencyKeys(pool, settings.idempotency_ttl_s),
+            groups=groups,
+            capsule_registry=capsule_registry,
         )

@@ -1,38 +1,140 @@
-"""Turns requested by clients become TurnRequested events on the requests topic."""
+"""Turns requested by clients become TurnRequested events on the requests topic.
+
+`start_turn` is the one way in, for POST and the WebSocket alike: the Idempotency-Key
+(if any), admission (rate limits, the session claim), then the turn is handed to Kafka
+or, while Kafka does not answer, to the Postgres outbox (ingress/outbox.py). Either
+way it is durable when this returns, within the request's deadline.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
+import logging
 import time
 import uuid
+from dataclasses import dataclass, field
 
-from ingress.deps import Principal
+from gateway_runtime.errors import DependencyUnavailable
+from ingress.auth.admission import Admission
+from ingress.auth.errors import Denied
+from ingress.idempotency import Remembered, request_hash
 from ingress.resources import Resources
 from schemas.events import TurnRequested
 
+log = logging.getLogger(__name__)
+_announcements: set[asyncio.Task[None]] = set()  # strong references until they finish
 
-async def request_turn(
-    res: Resources,
-    principal: Principal,
-    *,
-    session_id: str | None,
-    message: str,
-    action: str | None = None,
-    persona_id: str | None = None,
-    attachments: list[str] | None = None,
-    metadata: dict[str, str] | None = None,
-) -> TurnRequested:
-    """Publish the turn and wait for the broker's acknowledgement: a 202 means durable."""
-    event = TurnRequested(
-        event_id=uuid.uuid4().hex,
-        session_id=session_id or uuid.uuid4().hex,
-        message=message,
+
+@dataclass(frozen=True, slots=True)
+class NewTurn:
+    """What the client asked for."""
+
+    session_id: str | None
+    message: str
+    action: str | None = None
+    persona_id: str | None = None
+    attachments: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        return request_hash("turn", json.dumps(dataclasses.asdict(self), sort_keys=True))
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    session_id: str
+    event_id: str
+    queued: bool = False  # in the outbox until Kafka answers again
+    replayed: bool = False  # the answer an Idempotency-Key got before
+
+
+def _event(turn: NewTurn, admission: Admission, session_id: str, event_id: str) -> TurnRequested:
+    principal = admission.principal
+    return TurnRequested(
+        event_id=event_id,
+        session_id=session_id,
+        message=turn.message,
         created_at_ms=int(time.time() * 1000),
         tenant=principal.tenant,
-        persona_id=persona_id,
-        attachments=list(attachments or []),
-        metadata=dict(metadata or {}),
+        persona_id=turn.persona_id,
+        attachments=list(turn.attachments),
+        metadata=dict(turn.metadata),
         principal=principal.subject,
-        action=action,
+        action=turn.action,
     )
-    await res.publisher.publish(res.topics.requested.name, res.codec.encode(event))
-    return event
+
+
+async def start_turn(
+    res: Resources,
+    admission: Admission,
+    turn: NewTurn,
+    *,
+    deadline: float,
+    idempotency_key: str | None = None,
+) -> Accepted:
+    """Admit and publish (or queue) the turn; `deadline` is a `time.monotonic()` value."""
+    subject = admission.principal.subject
+    remembered: Remembered | None = None
+    if idempotency_key is not None:
+        remembered = await res.idempotency.find(subject, idempotency_key)
+        if remembered is not None:
+            if remembered.request_hash != turn.fingerprint():
+                raise Denied(
+                    422,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used for another request; use a new key",
+                )
+            if remembered.state == "accepted":
+                return Accepted(remembered.session_id, remembered.event_id, replayed=True)
+    if remembered is None:
+        # Rate limits and the session claim first: a refused turn is never published.
+        session_id = await admission.admit(turn.session_id, turn.persona_id, turn.message)
+        event_id = uuid.uuid4().hex
+        if idempotency_key is not None:
+            mine = Remembered(session_id, event_id, turn.fingerprint(), "reserved")
+            remembered = await res.idempotency.reserve(subject, idempotency_key, mine)
+            if remembered.state == "accepted":  # a concurrent retry won and is done
+                return Accepted(remembered.session_id, remembered.event_id, replayed=True)
+            session_id, event_id = remembered.session_id, remembered.event_id
+    else:
+        # Reserved before but maybe never published: publish the same turn again.
+        session_id, event_id = remembered.session_id, remembered.event_id
+    event = _event(turn, admission, session_id, event_id)
+    outcome = await res.outbox.publish(res.topics.requested.name, res.codec.encode(event), deadline)
+    if idempotency_key is not None:
+        try:
+            await res.idempotency.accept(subject, idempotency_key)
+        except DependencyUnavailable as exc:
+            # Still `reserved`: a retry publishes it again and the policy stage drops it.
+            log.warning("idempotency key not marked accepted: %r", exc)
+    if outcome == "queued":
+        _announce_queued(res, event)
+    return Accepted(session_id, event_id, queued=outcome == "queued")
+
+
+def _announce_queued(res: Resources, event: TurnRequested) -> None:
+    """Tell the session's stream the turn waits for Kafka (best effort, off the request)."""
+
+    async def announce() -> None:
+        try:
+            await asyncio.wait_for(
+                res.fanout.publish(
+                    event.session_id,
+                    event.event_id,
+                    "turn.queued",
+                    {
+                        "reason": "kafka_unavailable",
+                        "message": "Kafka is not answering; the turn is kept in the outbox "
+                        "and starts as soon as it is back",
+                    },
+                ),
+                res.settings.turn_accept_deadline_s,
+            )
+        except Exception as exc:  # best effort: the turn itself is safe in the outbox
+            log.warning("could not announce a queued turn: %r", exc)
+
+    task = asyncio.create_task(announce())
+    _announcements.add(task)
+    task.add_done_callback(_announcements.discard)

@@ -6,12 +6,12 @@ import asyncio
 
 import httpx
 
-from adapters.budgets import RedisBudgetLedger
+from adapters.admissions import PostgresAdmissions
+from adapters.budgets import PostgresBudgetLedger
 from adapters.opa import OpaClient
 from adapters.openfga import FgaAuthorizer
 from adapters.tenants import TenantDirectory
 from gateway_runtime.postgres import create_pool
-from gateway_runtime.redis_keys import RedisKeys
 from gateway_runtime.settings import PolicySettings
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
 from policy_worker.handler import PolicyHandler
@@ -21,7 +21,8 @@ from schemas.topics import Topics
 async def main(settings: PolicySettings, stop: asyncio.Event) -> None:
     limits = httpx.Limits(max_connections=settings.max_in_flight, max_keepalive_connections=32)
     authorizer = FgaAuthorizer(settings)
-    pool = await create_pool(settings, max_size=2)  # the fan-out's fallback log
+    # admissions, budgets, the fan-out's fallback log
+    pool = await create_pool(settings, max_size=8)
     try:
         async with (
             redis_client(settings) as redis,
@@ -34,8 +35,9 @@ async def main(settings: PolicySettings, stop: asyncio.Event) -> None:
                 require_auth=settings.gateway_require_auth,
                 authorizer=authorizer,
                 engine=OpaClient(http, settings),
-                budgets=RedisBudgetLedger(redis, RedisKeys(settings.kafka_namespace)),
+                budgets=PostgresBudgetLedger(pool),
                 tenants=TenantDirectory(settings.tenants_file),
+                admissions=PostgresAdmissions(pool),
             )
             await serve_stage(handler, settings, stop, fanout=fanout)
     finally:

@@ -1,6 +1,7 @@
 """The policy stage's logic: TurnRequested in, TurnAuthorized out (or a denial).
 
 For each turn, in order:
+0. a second Kafka record of a turn already admitted is dropped (adapters/admissions.py);
 1. a principal: with auth required a turn without one is denied (automations publishing
    straight to Kafka must carry one, see docs/events.md); with auth off a turn without an
    authenticated principal (`key:…`, `jwt:…`) runs as its principal or `anonymous` and
@@ -26,9 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters import openfga
+from gateway_runtime.delivery import current_delivery
 from gateway_runtime.errors import AuthzUnavailable, InvalidEvent, PolicyUnavailable
 from gateway_runtime.ports import (
     DEFAULT_PERSONA,
+    Admissions,
     Authorizer,
     Budgets,
     BudgetUsage,
@@ -75,6 +78,7 @@ class PolicyHandler:
     engine: PolicyEngine
     budgets: Budgets
     tenants: Tenants
+    admissions: Admissions
     stage: str = "policy"
 
     @property
@@ -84,6 +88,8 @@ class PolicyHandler:
     async def handle(self, event: Event) -> Sequence[Output]:
         if not isinstance(event, TurnRequested):
             raise InvalidEvent(f"policy stage expects TurnRequested, got {type(event).__name__}")
+        if not await self._first_record(event):
+            return []
         try:
             principal = self._principal(event)
             # OpenFGA and OPA answer independent questions: ask both at once. When both
@@ -118,6 +124,15 @@ class PolicyHandler:
         )
         return [Output(self.topics.authorized.name, authorized)]
 
+    async def _first_record(self, event: TurnRequested) -> bool:
+        """False for a second record of a turn already admitted (dropped, not run twice)."""
+        delivery = current_delivery()
+        if delivery is None or await self.admissions.admit(event.event_id, delivery):
+            return True
+        DECISIONS.labels("duplicate").inc()
+        log.warning("dropped a second record of an admitted turn")
+        return False
+
     def _principal(self, event: TurnRequested) -> str:
         if not self.require_auth and not _authenticated(event.principal):
             return event.principal or ANONYMOUS
@@ -147,7 +162,10 @@ class PolicyHandler:
         tenant = self.tenants.get(event.tenant)
         persona = event.persona_id or DEFAULT_PERSONA
         plan = _Plan(tenant, persona, turn_estimate(event.message, tenant.max_output_tokens))
-        usage = await self.budgets.usage(tenant.name, persona)
+        if tenant.budget_for(persona) > 0:
+            usage = await self.budgets.usage(tenant.name, persona)
+        else:  # no budget, no counters: the unlimited hot path does no counter I/O
+            usage = BudgetUsage(0, 0, 86400 - int(time.time()) % 86400)
         decision = await self._decide(event, principal, plan, usage)
         if not decision.allow:
             raise _deny(decision.reason, decision.message, decision.retry_after)

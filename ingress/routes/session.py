@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Path
+from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ingress.auth.admission import Admission
+from ingress.deadline import ACCEPT_DEADLINE
 from ingress.deps import AdmissionDep, ResourcesDep, SessionReadAccess
 from ingress.events import valid_event_id
+from ingress.idempotency import KEY_PATTERN
 from ingress.resources import Resources
-from ingress.turns import request_turn
+from ingress.turns import NewTurn, start_turn
 
 router = APIRouter(prefix="/v1/session", tags=["session"])
 
@@ -50,47 +53,99 @@ class ActionIn(BaseModel):
 class TurnAccepted(BaseModel):
     session_id: str
     event_id: str
+    queued: bool = Field(
+        False, description="Kafka is not answering: the turn waits in the outbox and starts then"
+    )
 
 
-async def _request_turn(
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="retries with the same key (24 h) answer the same turn, never a second one",
+    ),
+]
+
+
+def _deadline(request: Request, res: Resources) -> float:
+    """When the answer is due (set by AcceptDeadline, else counted from now)."""
+    due = request.scope.get("state", {}).get(ACCEPT_DEADLINE)
+    return float(due) if due else time.monotonic() + res.settings.turn_accept_deadline_s
+
+
+async def _start(
+    request: Request,
+    response: Response,
     res: Resources,
     admission: Admission,
-    body: MessageIn | ActionIn,
-    message: str,
-    action: str | None,
+    turn: NewTurn,
+    idempotency_key: str | None,
 ) -> TurnAccepted:
-    # Rate limits and the session claim first: a refused turn is never published.
-    session_id = await admission.admit(body.session_id, body.persona_id, message)
-    event = await request_turn(
+    if idempotency_key is not None and not KEY_PATTERN.match(idempotency_key):
+        raise HTTPException(
+            400,
+            detail={
+                "code": "invalid_idempotency_key",
+                "message": "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            },
+        )
+    accepted = await start_turn(
         res,
-        admission.principal,
-        session_id=session_id,
-        message=message,
-        action=action,
-        persona_id=body.persona_id,
-        attachments=getattr(body, "attachments", None),
-        metadata=body.metadata,
+        admission,
+        turn,
+        deadline=_deadline(request, res),
+        idempotency_key=idempotency_key,
     )
-    return TurnAccepted(session_id=event.session_id, event_id=event.event_id)
+    if accepted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return TurnAccepted(
+        session_id=accepted.session_id, event_id=accepted.event_id, queued=accepted.queued
+    )
 
 
 DENIALS: dict[int | str, dict[str, str]] = {
+    400: {"description": "a bad Idempotency-Key, or an unknown action"},
     401: {"description": "missing, bad or revoked credentials (WWW-Authenticate)"},
     403: {"description": "the credentials lack the `turns` scope"},
     404: {"description": "the session belongs to another tenant"},
+    422: {"description": "an invalid body, or an Idempotency-Key used for another request"},
     429: {"description": "a rate limit (RPM/TPM per key or tenant); see Retry-After"},
-    503: {"description": "authorization or rate limiting cannot be decided now"},
+    503: {
+        "description": "neither Kafka nor the outbox took the turn in time, or authorization "
+        "or rate limiting cannot be decided now; see Retry-After"
+    },
 }
 
 
 @router.post("/message", status_code=202, response_model=TurnAccepted, responses=DENIALS)
-async def post_message(body: MessageIn, res: ResourcesDep, admission: AdmissionDep) -> TurnAccepted:
+async def post_message(
+    body: MessageIn,
+    request: Request,
+    response: Response,
+    res: ResourcesDep,
+    admission: AdmissionDep,
+    idempotency_key: IdempotencyKey = None,
+) -> TurnAccepted:
     """Start a turn; follow it on the session's event stream."""
-    return await _request_turn(res, admission, body, body.message, None)
+    turn = NewTurn(
+        session_id=body.session_id,
+        message=body.message,
+        persona_id=body.persona_id,
+        attachments=body.attachments,
+        metadata=body.metadata,
+    )
+    return await _start(request, response, res, admission, turn, idempotency_key)
 
 
 @router.post("/action", status_code=202, response_model=TurnAccepted, responses=DENIALS)
-async def post_action(body: ActionIn, res: ResourcesDep, admission: AdmissionDep) -> TurnAccepted:
+async def post_action(
+    body: ActionIn,
+    request: Request,
+    response: Response,
+    res: ResourcesDep,
+    admission: AdmissionDep,
+    idempotency_key: IdempotencyKey = None,
+) -> TurnAccepted:
     """Run a session action (summarize, next_steps, status_report) as a turn."""
     if body.action not in ACTIONS:
         raise HTTPException(
@@ -100,7 +155,14 @@ async def post_action(body: ActionIn, res: ResourcesDep, admission: AdmissionDep
                 "message": f"unknown action {body.action!r}; one of {', '.join(ACTIONS)}",
             },
         )
-    return await _request_turn(res, admission, body, "", body.action)
+    turn = NewTurn(
+        session_id=body.session_id,
+        message="",
+        action=body.action,
+        persona_id=body.persona_id,
+        metadata=body.metadata,
+    )
+    return await _start(request, response, res, admission, turn, idempotency_key)
 
 
 @router.get("/{session_id}/events", response_class=StreamingResponse, responses=DENIALS)

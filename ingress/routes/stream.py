@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
@@ -24,7 +25,7 @@ from ingress.deps import Principal, ResourcesDep, SessionReadAccess
 from ingress.events import valid_event_id
 from ingress.resources import Resources
 from ingress.routes.session import ACTIONS, SESSION_ID, ActionIn, MessageIn, SessionIdPath
-from ingress.turns import request_turn
+from ingress.turns import NewTurn, start_turn
 
 router = APIRouter(tags=["session"])
 
@@ -57,33 +58,42 @@ async def _start_turn(
         )
         return
     try:
-        # The same gate as POST /v1/session/message: rate limits, then the session claim.
-        await Admission(principal, res.auth).admit(
-            session_id, body.persona_id, getattr(body, "message", "")
-        )
-        event = await request_turn(
-            res,
-            principal,
+        # The same way in as POST /v1/session/message, with the same deadline.
+        turn = NewTurn(
             session_id=session_id,
             message=getattr(body, "message", ""),
             action=getattr(body, "action", None),
             persona_id=body.persona_id,
-            attachments=getattr(body, "attachments", None),
+            attachments=list(getattr(body, "attachments", [])),
             metadata=body.metadata,
         )
+        within = res.settings.turn_accept_deadline_s
+        async with asyncio.timeout(within):
+            accepted = await start_turn(
+                res, Admission(principal, res.auth), turn, deadline=time.monotonic() + within
+            )
     except Denied as exc:
         await ws.send_json({"type": "error", "data": exc.detail})
         return
-    except DependencyUnavailable as exc:
+    except (DependencyUnavailable, TimeoutError) as exc:
         await ws.send_json(
             {
                 "type": "error",
-                "data": {"code": "unavailable", "message": str(exc), "retryable": True},
+                "data": {
+                    "code": "unavailable",
+                    "message": str(exc) or "the turn could not be accepted in time",
+                    "retryable": True,
+                },
             }
         )
         return
     await ws.send_json(
-        {"type": "turn.requested", "session_id": session_id, "event_id": event.event_id}
+        {
+            "type": "turn.requested",
+            "session_id": session_id,
+            "event_id": accepted.event_id,
+            "queued": accepted.queued,
+        }
     )
 
 

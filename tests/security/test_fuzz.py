@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from gateway_runtime.settings import CommonSettings
+from testbed.fake_capsule_registry import start_fake_capsule_registry
 from testbed.mesh import Mesh, mesh_env, provision, start_mesh
 from testbed.sandbox import open_sandbox
 
@@ -35,8 +36,13 @@ async def fuzz_target(settings: CommonSettings, fake_llm: str) -> AsyncIterator[
     async with open_sandbox("fuzz", settings) as sandbox:
         tenants = sandbox.dir / "tenants.yaml"
         tenants.write_text("tenants:\n  default: {}\n  fuzz: {}\n")
+        registry, registry_url = start_fake_capsule_registry(sandbox.dir)
         env = mesh_env(
-            sandbox, fake_llm + "/v1", GATEWAY_REQUIRE_AUTH="true", TENANTS_FILE=str(tenants)
+            sandbox,
+            fake_llm + "/v1",
+            GATEWAY_REQUIRE_AUTH="true",
+            TENANTS_FILE=str(tenants),
+            CAPSULE_REGISTRY_URL=registry_url,
         )
         mesh = Mesh(env=env, log_dir=sandbox.dir)
         try:
@@ -45,6 +51,8 @@ async def fuzz_target(settings: CommonSettings, fake_llm: str) -> AsyncIterator[
             yield mesh, operator_key
         finally:
             mesh.stop_all()
+            registry.terminate()
+            registry.wait(10)
 
 
 async def _schemathesis(mesh: Mesh, key: str, report_dir: Path, *args: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from adapters.tenants import TenantDirectory
+from gateway_runtime.delivery import Delivery, set_delivery
 from gateway_runtime.errors import AuthzUnavailable, PolicyUnavailable
 from gateway_runtime.ports import BudgetUsage, Decision, Reservation
 from policy_worker.handler import PolicyHandler
@@ -50,6 +51,16 @@ class Opa:
         if self.down:
             raise PolicyUnavailable("opa down")
         return self.decision
+
+
+@dataclass
+class Admissions:
+    """Admits a turn's first record only (by event_id), like the Postgres adapter."""
+
+    seen: dict[str, Delivery] = field(default_factory=dict)
+
+    async def admit(self, event_id: str, delivery: Delivery) -> bool:
+        return self.seen.setdefault(event_id, delivery) == delivery
 
 
 @dataclass
@@ -98,6 +109,7 @@ def _handler(tenants: TenantDirectory, **parts: Any) -> tuple[PolicyHandler, Rec
         engine=parts.get("opa", Opa()),
         budgets=parts.get("ledger", Ledger()),
         tenants=tenants,
+        admissions=parts.get("admissions", Admissions()),
     )
     return handler, fanout
 
@@ -139,3 +151,13 @@ async def test_no_principal_is_denied_and_fail_open_tenants_run_without_opa(
     assert fanout.events[-1][1].code == "unauthenticated"
     [out] = await handler.handle(_turn(tenant="open"))
     assert out.event.reserved_tokens == 0  # type: ignore[union-attr]  # unlimited budget
+
+
+async def test_a_second_record_of_an_admitted_turn_is_dropped(tenants: TenantDirectory) -> None:
+    handler, _ = _handler(tenants)
+    event = TurnRequested("e-dup", "s1", "hi", 0, tenant="default", principal="key:k1")
+    set_delivery(Delivery("t.turn.requested", 0, 7, []))
+    assert len(await handler.handle(event)) == 1
+    assert len(await handler.handle(event)) == 1, "a redelivery of the same record runs"
+    set_delivery(Delivery("t.turn.requested", 0, 9, []))
+    assert await handler.handle(event) == [], "another record of the same turn is dropped"

@@ -20,7 +20,8 @@ from gateway_runtime.settings import CommonSettings, IngressSettings, LLMSetting
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = (
     "gateway_runtime", "adapters", "schemas", "ingress", "policy_worker", "context_worker",
-    "llm_worker", "tool_dispatcher", "persistence_worker", "deploy",
+    "llm_worker", "tool_dispatcher", "persistence_worker", "deadletter_index", "soma_cli",
+    "deploy",
 )  # fmt: skip
 CLASSES = [
     c

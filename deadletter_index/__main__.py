@@ -1,0 +1,87 @@
+"""`python -m deadletter_index`: the dead-letter topic -> the `dead_letters` table.
+
+A plain consume loop (aiokafka's own example shape): take a batch, index every record,
+then commit. A record is indexed before its offset is committed, and indexing is
+idempotent, so a crash anywhere only indexes some records again. While Postgres is down
+the loop retries the same record with backoff: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from aiokafka.errors import KafkaError
+
+from adapters.dead_letters import DeadLetterStore
+from deadletter_index.records import dead_letter_of
+from gateway_runtime.errors import TRANSIENT
+from gateway_runtime.kafka import make_consumer
+from gateway_runtime.ports import ConsumedRecord
+from gateway_runtime.postgres import create_pool
+from gateway_runtime.settings import DeadLetterIndexSettings
+from gateway_runtime.worker import run_worker
+from schemas.topics import Topics
+
+log = logging.getLogger(__name__)
+STAGE = "deadletter_index"  # also its consumer group's suffix
+
+
+async def _index(
+    store: DeadLetterStore,
+    record: ConsumedRecord,
+    settings: DeadLetterIndexSettings,
+    stop: asyncio.Event,
+) -> bool:
+    """Index one record, retrying while Postgres fails; False if stopped before it landed."""
+    letter = dead_letter_of(record)
+    delay = settings.retry_backoff_s
+    while not stop.is_set():
+        try:
+            if await store.index(letter):
+                log.info(
+                    "indexed a dead letter",
+                    extra={"fields": {"stage": letter.stage, "event_id": letter.event_id}},
+                )
+            return True
+        except TRANSIENT as exc:
+            log.warning("indexing failed (%r); retrying in %.1fs", exc, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, settings.retry_backoff_max_s)
+    return False
+
+
+async def main(settings: DeadLetterIndexSettings, stop: asyncio.Event) -> None:
+    pool = await create_pool(settings, max_size=2)
+    store = DeadLetterStore(pool)
+    consumer = make_consumer(
+        settings.kafka_bootstrap_servers,
+        group_id=f"{settings.kafka_namespace}.{STAGE}",
+        client_id=f"{STAGE}-{os.getpid()}",
+    )
+    consumer.subscribe([Topics.for_namespace(settings.kafka_namespace).dead_letter.name])
+    await consumer.start()
+    try:
+        log.info("dead-letter index started")
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=500)
+            for tp, records in batches.items():
+                for record in records:
+                    if not await _index(store, record, settings, stop):
+                        return  # stopping: the rest is redelivered to the next member
+                try:
+                    await consumer.commit({tp: records[-1].offset + 1})
+                except KafkaError as exc:  # a rebalance: indexed again by the next owner
+                    log.warning("offset commit failed: %r", exc)
+    finally:
+        await consumer.stop()
+        await pool.close()
+
+
+if __name__ == "__main__":
+    settings = DeadLetterIndexSettings()
+    run_worker(settings, lambda stop: main(settings, stop))

@@ -1,0 +1,218 @@
+"""The turn outbox: a turn is accepted when Kafka or, failing that, Postgres has it.
+
+`TurnOutbox.publish` first hands the turn to Kafka and waits up to
+KAFKA_PUBLISH_TIMEOUT_S for the broker. If the broker does not answer in time the turn is
+written to the `turn_outbox` table, and the caller answers 202 all the same. While
+the outbox holds turns, new turns go straight to it, so turns are never reordered.
+
+A relay task sends the outbox to Kafka in id order, once the broker answers again, and
+deletes each row once the broker has acknowledged it. A send that timed out is not
+cancelled: aiokafka may still deliver it. Its row waits for that send to end, and is sent
+again only if it failed. Rows of another ingress (or of this one before a restart)
+are sent again only after such a send must have expired. In the rare case where a
+record lands twice, the policy stage admits a turn's event_id once
+(adapters/admissions.py). One relay runs at a time across replicas (an advisory lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import asyncpg
+
+from gateway_runtime.errors import DependencyUnavailable, PublishRefused
+from gateway_runtime.kafka import KafkaPublisher
+from gateway_runtime.settings import IngressSettings
+from schemas.codec import EncodedEvent
+
+log = logging.getLogger(__name__)
+Outcome = Literal["published", "queued"]
+_LOCK_ID = 0x4F_55_54  # the relay's advisory lock
+_PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# After this, a send another process started has surely expired (the producer's
+# request timeout is 15 s): its row may be sent again.
+FOREIGN_SEND_GRACE_S = 45.0
+_BATCH = 500
+
+
+def _headers_json(headers: list[tuple[str, bytes]]) -> str:
+    return json.dumps([[k, base64.b64encode(v or b"").decode()] for k, v in headers])
+
+
+def _headers_of(raw: str) -> list[tuple[str, bytes]]:
+    return [(str(k), base64.b64decode(v)) for k, v in json.loads(raw)]
+
+
+class TurnOutbox:
+    def __init__(
+        self, pool: asyncpg.Pool, publisher: KafkaPublisher, settings: IngressSettings
+    ) -> None:
+        self._pool = pool
+        self._publisher = publisher
+        self._publish_timeout_s = settings.kafka_publish_timeout_s
+        self._interval_s = settings.outbox_relay_interval_s
+        self._sends: dict[int, asyncio.Future[Any]] = {}  # row id -> a send that may land
+        self._queued = 0  # turns this process queued: the relay clears the backlog only
+        self._backlog = False  # if none was queued during its round
+        self._wake = asyncio.Event()
+
+    @property
+    def backlog(self) -> bool:
+        """Turns wait in the outbox: new turns queue behind them."""
+        return self._backlog
+
+    async def publish(self, topic: str, record: EncodedEvent, deadline: float) -> Outcome:
+        """Kafka's acknowledgement, or the outbox's commit, before `deadline` (monotonic).
+
+        Raises DependencyUnavailable when neither happened in time.
+        """
+        send: asyncio.Future[Any] | None = None
+        if not self._backlog:
+            send = await self._try_kafka(topic, record, deadline)
+            if send is not None and send.done() and send.exception() is None:
+                return "published"
+            if send is not None and send.done():
+                send = None  # it failed: nothing will land
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise DependencyUnavailable("the turn could not be handed to Kafka or the outbox")
+        try:
+            row_id = await asyncio.wait_for(self._insert(topic, record, send is not None), left)
+        except (TimeoutError, *_PG_ERRORS) as exc:
+            raise DependencyUnavailable(f"turn outbox write failed: {exc!r}") from exc
+        if send is not None:
+            self._watch(row_id, send)
+        self._queued += 1
+        self._backlog = True
+        self._wake.set()
+        return "queued"
+
+    async def _try_kafka(
+        self, topic: str, record: EncodedEvent, deadline: float
+    ) -> asyncio.Future[Any] | None:
+        """The send, done or still going after the publish timeout; None if none started."""
+        # Half the time left is kept for the outbox write.
+        budget = min(self._publish_timeout_s, (deadline - time.monotonic()) / 2)
+        started = time.monotonic()
+        try:
+            send = await asyncio.wait_for(self._publisher.start_send(topic, record), budget)
+        except PublishRefused:
+            raise
+        except (TimeoutError, DependencyUnavailable) as exc:
+            log.warning("kafka did not take a turn (%r): to the outbox", exc)
+            return None
+        left = budget - (time.monotonic() - started)
+        if left > 0:
+            await asyncio.wait([send], timeout=left)
+        if send.done() and send.exception() is not None:
+            log.warning("kafka refused a turn (%r): to the outbox", send.exception())
+        return send
+
+    async def _insert(self, topic: str, record: EncodedEvent, sent: bool) -> int:
+        row_id: int = await self._pool.fetchval(
+            "INSERT INTO turn_outbox (topic, record_key, record_value, record_headers, sent_at)"
+            " VALUES ($1, $2, $3, $4::jsonb, CASE WHEN $5 THEN now() END) RETURNING id",
+            topic,
+            record.key,
+            record.value,
+            _headers_json(record.headers),
+            sent,
+        )
+        return row_id
+
+    def _watch(self, row_id: int, send: asyncio.Future[Any]) -> None:
+        self._sends[row_id] = send
+        send.add_done_callback(self._send_ended)
+
+    def _send_ended(self, send: asyncio.Future[Any]) -> None:
+        if not send.cancelled():
+            send.exception()  # retrieved: a failed send is expected, not "never retrieved"
+        self._wake.set()
+
+    # ---- the relay ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The relay task, for the life of the ingress."""
+        task = asyncio.create_task(self._relay_forever(), name="outbox-relay")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _relay_forever(self) -> None:
+        self._backlog = True  # turns a previous run left behind go first
+        while True:
+            if self._backlog:
+                try:
+                    await self.relay_once()
+                except Exception as exc:  # Postgres or Kafka down: try again next round
+                    log.warning("outbox relay round failed: %r", exc)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+
+    async def relay_once(self) -> int:
+        """One round: send what may be sent, in order; returns the rows that left."""
+        queued_before = self._queued
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_ID):
+                return 0  # another replica is relaying
+            rows = await conn.fetch(
+                "SELECT id, topic, record_key, record_value, record_headers,"
+                " sent_at < now() - make_interval(secs => $1) AS expired,"
+                " sent_at IS NULL AS unsent"
+                " FROM turn_outbox ORDER BY id LIMIT $2",
+                FOREIGN_SEND_GRACE_S,
+                _BATCH,
+            )
+            delivered, sent = await self._send_in_order(rows)
+            if delivered:
+                await conn.execute(
+                    "DELETE FROM turn_outbox WHERE id = any($1::bigint[])", delivered
+                )
+            if sent:  # other replicas leave these alone while the sends may land
+                await conn.execute(
+                    "UPDATE turn_outbox SET sent_at = now() WHERE id = any($1::bigint[])", sent
+                )
+        if not rows and self._queued == queued_before and not self._sends:
+            self._backlog = False
+            log.info("outbox empty: turns go straight to kafka again")
+        return len(delivered)
+
+    async def _send_in_order(self, rows: list[asyncpg.Record]) -> tuple[list[int], list[int]]:
+        """Ids the broker has acknowledged, and ids sent now; stops at the first row whose
+        send is pending."""
+        delivered: list[int] = []
+        sent: list[int] = []
+        for row in rows:
+            send = self._sends.get(row["id"])
+            if send is not None:
+                if not send.done():
+                    break  # order: nothing after it may overtake it
+                del self._sends[row["id"]]
+                if not send.cancelled() and send.exception() is None:
+                    delivered.append(row["id"])
+                    continue
+            elif not (row["unsent"] or row["expired"]):
+                break  # another process's send may still land
+            key, value = bytes(row["record_key"]), bytes(row["record_value"])
+            record = EncodedEvent(key, value, _headers_of(row["record_headers"]))
+            try:
+                new = await asyncio.wait_for(
+                    self._publisher.start_send(row["topic"], record), self._publish_timeout_s
+                )
+            except (TimeoutError, DependencyUnavailable, PublishRefused) as exc:
+                log.warning("outbox relay: kafka did not take a turn (%r)", exc)
+                break
+            self._watch(row["id"], new)
+            sent.append(row["id"])
+        return delivered, sent

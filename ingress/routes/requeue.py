@@ -1,0 +1,204 @@
+"""The requeue API: list, show, replay and discard dead letters (docs/operations.md).
+
+Operators (`operator` scope) see every tenant's dead letters; a tenant admin (`admin`)
+sees and acts on its own tenant's only, and another tenant's entry is answered as if it
+did not exist. A replay sends the original record (key, value, headers) back to the
+topic it failed on, with `replay-of` and `replay-count` headers; the row moves from
+`pending` to `replayed` in one conditional update first, so resolving twice (or two
+operators at once) replays once. A discard keeps the row, as `discarded`, for audit.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel
+
+from adapters.dead_letters import DeadLetter, Filters, Status
+from gateway_runtime.delivery import REPLAY_COUNT, REPLAY_OF
+from gateway_runtime.errors import DependencyUnavailable
+from ingress.auth.errors import Denied, forbidden, not_found
+from ingress.deps import PrincipalDep, ResourcesDep
+from ingress.resources import Resources
+from schemas.codec import DecodeError, EncodedEvent, header
+from schemas.events import request_of
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/requeue", tags=["requeue"])
+IdPath = Annotated[int, Path(ge=1, le=2**63 - 1, description="the dead letter's id")]
+
+
+class DeadLetterOut(BaseModel):
+    id: str
+    session_id: str | None
+    event_id: str | None
+    tenant: str | None
+    stage: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    error_type: str
+    error_message: str
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    status: Status
+    replays: int
+    replay_of: str | None
+    replayed_at: datetime | None
+    replayed_by: str | None
+    discarded_at: datetime | None
+    discarded_by: str | None
+    indexed_at: datetime
+
+    @classmethod
+    def of(cls, letter: DeadLetter) -> DeadLetterOut:
+        fields = {f: getattr(letter, f) for f in cls.model_fields}
+        fields["id"] = str(letter.id)
+        fields["replay_of"] = str(letter.replay_of) if letter.replay_of else None
+        return cls(**fields)
+
+
+class DeadLetterPage(BaseModel):
+    items: list[DeadLetterOut]
+    next_cursor: str | None
+
+
+DENIALS: dict[int | str, dict[str, str]] = {
+    401: {"description": "missing, bad or revoked credentials"},
+    403: {"description": "the caller lacks the operator (or admin) scope"},
+    404: {"description": "no such dead letter that the caller may see"},
+    503: {"description": "the index (Postgres) or Kafka cannot be reached now"},
+}
+
+
+async def operator_or_admin(principal: PrincipalDep) -> str | None:
+    """The tenant the caller is confined to; None for an operator (every tenant)."""
+    if principal.has("operator"):
+        return None
+    if principal.has("admin"):
+        return principal.tenant
+    raise forbidden("insufficient_scope", "dead letters need the 'operator' or 'admin' scope")
+
+
+TenantScope = Annotated[str | None, Depends(operator_or_admin)]
+
+
+async def _visible(res: Resources, letter_id: int, scope: str | None) -> DeadLetter:
+    letter = await res.dead_letters.get(letter_id)
+    if letter is None or (scope is not None and letter.tenant != scope):
+        raise not_found("dead_letter_not_found", f"no dead letter {letter_id} that you may see")
+    return letter
+
+
+def _not_pending(letter: DeadLetter) -> Denied:
+    if letter.status == "replayed":
+        who = f" by {letter.replayed_by}" if letter.replayed_by else ""
+        return Denied(409, "already_replayed", f"dead letter {letter.id} was replayed{who}")
+    return Denied(409, "discarded", f"dead letter {letter.id} was discarded")
+
+
+@router.get("", response_model=DeadLetterPage, responses=DENIALS)
+async def list_dead_letters(
+    res: ResourcesDep,
+    scope: TenantScope,
+    stage: Annotated[str | None, Query(max_length=64)] = None,
+    error_type: Annotated[str | None, Query(max_length=128)] = None,
+    tenant: Annotated[str | None, Query(max_length=64)] = None,
+    session_id: Annotated[str | None, Query(max_length=128)] = None,
+    status: Status | None = None,
+    since: Annotated[datetime | None, Query(description="last failure at or after")] = None,
+    until: Annotated[datetime | None, Query(description="last failure before")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^[0-9]{1,19}$", description="next_cursor of the page before")
+    ] = None,
+) -> DeadLetterPage:
+    """Dead letters, oldest first, filtered; follow `next_cursor` for the next page."""
+    if scope is not None and tenant not in (None, scope):
+        raise forbidden("insufficient_scope", "another tenant's dead letters need 'operator'")
+    filters = Filters(stage, error_type, scope or tenant, session_id, status, since, until)
+    items = await res.dead_letters.list(filters, after_id=int(cursor or 0), limit=limit)
+    next_cursor = str(items[-1].id) if len(items) == limit else None
+    return DeadLetterPage(items=[DeadLetterOut.of(i) for i in items], next_cursor=next_cursor)
+
+
+@router.get("/{letter_id}", response_model=DeadLetterOut, responses=DENIALS)
+async def show_dead_letter(
+    letter_id: IdPath, res: ResourcesDep, scope: TenantScope
+) -> DeadLetterOut:
+    return DeadLetterOut.of(await _visible(res, letter_id, scope))
+
+
+async def _refuse_revoked_key(res: Resources, record: EncodedEvent) -> None:
+    """A turn of a revoked key is not run again, whichever stage it failed at."""
+    try:
+        principal = request_of(res.codec.decode(record.value, record.headers)).principal
+    except DecodeError:
+        return  # not a mesh event: the stage will dead-letter it again, harmlessly
+    if principal and principal.startswith("key:"):
+        key = await res.auth.keys.get(principal.removeprefix("key:"))
+        if key is None or key.revoked:
+            raise Denied(409, "key_revoked", f"the turn's key ({principal}) is revoked")
+
+
+@router.post(
+    "/{letter_id}/resolve",
+    status_code=202,
+    response_model=DeadLetterOut,
+    responses={**DENIALS, 409: {"description": "replayed or discarded already, or unreplayable"}},
+)
+async def resolve_dead_letter(
+    letter_id: IdPath, res: ResourcesDep, scope: TenantScope, principal: PrincipalDep
+) -> DeadLetterOut:
+    """Replay: the original record goes back to its source topic, once."""
+    letter = await _visible(res, letter_id, scope)
+    if letter.status != "pending":
+        raise _not_pending(letter)
+    if letter.value_omitted:
+        raise Denied(
+            409,
+            "value_omitted",
+            "the broker refused the dead letter's value; it is readable at "
+            f"{letter.source_topic}/{letter.source_partition}@{letter.source_offset}",
+        )
+    stored = await res.dead_letters.record(letter_id)
+    record = EncodedEvent(stored.key, stored.value, stored.headers)
+    await _refuse_revoked_key(res, record)
+    marked = await res.dead_letters.mark(letter_id, "replayed", principal.subject)
+    if marked is None:  # resolved or discarded meanwhile, by someone else
+        raise _not_pending(await _visible(res, letter_id, scope))
+    count = int(header(record.headers, REPLAY_COUNT) or 0) + 1
+    headers = [h for h in record.headers if h[0] not in (REPLAY_OF, REPLAY_COUNT)]
+    headers += [(REPLAY_OF, str(letter_id).encode()), (REPLAY_COUNT, str(count).encode())]
+    try:
+        await res.publisher.publish(stored.topic, EncodedEvent(record.key, record.value, headers))
+    except DependencyUnavailable:
+        await res.dead_letters.unmark_replay(letter_id)  # the broker took nothing: pending again
+        raise
+    log.info(
+        "dead letter replayed",
+        extra={"fields": {"dead_letter": letter_id, "by": principal.subject, "count": count}},
+    )
+    return DeadLetterOut.of(marked)
+
+
+@router.delete(
+    "/{letter_id}",
+    response_model=DeadLetterOut,
+    responses={**DENIALS, 409: {"description": "replayed or discarded already"}},
+)
+async def discard_dead_letter(
+    letter_id: IdPath, res: ResourcesDep, scope: TenantScope, principal: PrincipalDep
+) -> DeadLetterOut:
+    """Discard: never replayed; the row stays (status `discarded`) for audit."""
+    letter = await _visible(res, letter_id, scope)
+    if letter.status != "pending":
+        raise _not_pending(letter)
+    marked = await res.dead_letters.mark(letter_id, "discarded", principal.subject)
+    if marked is None:
+        raise _not_pending(await _visible(res, letter_id, scope))
+    return DeadLetterOut.of(marked)
