@@ -62,6 +62,7 @@ async def main(settings: DeadLetterIndexSettings, stop: asyncio.Event) -> None:
         settings.kafka_bootstrap_servers,
         group_id=f"{settings.kafka_namespace}.{STAGE}",
         client_id=f"{STAGE}-{os.getpid()}",
+        fetch_max_wait_ms=500,  # dead letters are rare and need no millisecond latency
     )
     consumer.subscribe([Topics.for_namespace(settings.kafka_namespace).dead_letter.name])
     await consumer.start()

@@ -50,7 +50,11 @@ def make_producer(bootstrap_servers: str, *, client_id: str) -> AIOKafkaProducer
     )
 
 
-def make_consumer(bootstrap_servers: str, *, group_id: str, client_id: str) -> AIOKafkaConsumer:
+def make_consumer(
+    bootstrap_servers: str, *, group_id: str, client_id: str, fetch_max_wait_ms: int = 50
+) -> AIOKafkaConsumer:
+    """A group member; `fetch_max_wait_ms` is how long an empty fetch waits at the broker
+    (short on the turn's path, longer where latency does not matter)."""
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=group_id,
@@ -59,7 +63,7 @@ def make_consumer(bootstrap_servers: str, *, group_id: str, client_id: str) -> A
         auto_offset_reset="earliest",
         isolation_level="read_committed",
         max_poll_records=500,
-        fetch_max_wait_ms=50,
+        fetch_max_wait_ms=fetch_max_wait_ms,
         session_timeout_ms=10000,
         heartbeat_interval_ms=1000,
         max_poll_interval_ms=300000,

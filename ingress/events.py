@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import cast
 
 from redis.asyncio import Redis
@@ -135,40 +135,11 @@ class SessionEvents:
     ) -> AsyncIterator[SessionEvent | None]:
         """Yield events after `after` (all retained ones if None); None = keep-alive tick.
 
-        A tick comes every `keepalive_s` without an event whatever the logs do: a read
-        that hangs on a hung Redis or Postgres (until its timeout) holds events back,
-        never the keep-alives that tell the client and its proxies the stream is alive.
+        A tick comes every `keepalive_s` without an event whatever the logs do: a
+        catch-up read that hangs on a hung Redis or Postgres (until its timeout) holds
+        events back, never the keep-alives that tell the client and its proxies the
+        stream is alive. (Only catch-ups run as tasks; live events cost none.)
         """
-        events = self._follow(session_id, after, keepalive_s)
-        pending = asyncio.ensure_future(anext(events))
-        last_sent = time.monotonic()
-        try:
-            while True:
-                wait_s = last_sent + keepalive_s - time.monotonic()
-                done, _ = await asyncio.wait({pending}, timeout=max(wait_s, 0))
-                quiet = time.monotonic() - last_sent >= keepalive_s
-                if not done:
-                    if not quiet:
-                        continue
-                    item = None  # the log reads hang: tick anyway
-                else:
-                    try:
-                        item = pending.result()
-                    except StopAsyncIteration:
-                        return
-                    pending = asyncio.ensure_future(anext(events))
-                    if item is None and not quiet:
-                        continue  # a tick went out already
-                last_sent = time.monotonic()
-                yield item
-        finally:
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
-            await events.aclose()
-
-    async def _follow(
-        self, session_id: str, after: str | None, keepalive_s: float
-    ) -> AsyncGenerator[SessionEvent | None, None]:
         cursor = _Cursor()
         if after and after.startswith(PG_ID_PREFIX):
             cursor.pg_id = int(after[len(PG_ID_PREFIX) :])
@@ -176,13 +147,28 @@ class SessionEvents:
         elif after:
             cursor.redis_id = after
         with self._hub.subscribe(session_id) as queue:
-            fresh, complete = await self._catch_up(session_id, cursor)
-            for event in fresh:
-                yield event
-            behind = not complete
+            catch_up = True  # the log first, then live
+            behind = False
             delay = POLL_MIN_S
             last_sent = time.monotonic()
             while True:
+                if catch_up:
+                    reading = asyncio.ensure_future(self._catch_up(session_id, cursor))
+                    try:
+                        while not reading.done():
+                            wait_s = last_sent + keepalive_s - time.monotonic()
+                            await asyncio.wait({reading}, timeout=max(wait_s, 0))
+                            if not reading.done():
+                                last_sent = time.monotonic()
+                                yield None
+                    finally:
+                        reading.cancel()  # the client left mid-read: stop reading
+                    fresh, complete = reading.result()
+                    behind, catch_up = not complete, False
+                    delay = POLL_MIN_S if fresh or complete else min(delay * 2, POLL_MAX_S)
+                    for event in fresh:
+                        last_sent = time.monotonic()
+                        yield event
                 polling = behind or not self._hub.connected
                 item: SessionEvent | None = None
                 try:
@@ -199,13 +185,7 @@ class SessionEvents:
                     last_sent = time.monotonic()
                     yield item
                     continue
-                if polling or item is RESYNC:
-                    fresh, complete = await self._catch_up(session_id, cursor)
-                    behind = not complete
-                    delay = POLL_MIN_S if fresh or complete else min(delay * 2, POLL_MAX_S)
-                    for event in fresh:
-                        last_sent = time.monotonic()
-                        yield event
+                catch_up = polling or item is RESYNC
                 if time.monotonic() - last_sent >= keepalive_s:
                     last_sent = time.monotonic()
                     yield None
