@@ -5,8 +5,10 @@ outbox relays a turn whose first send landed after all, an automation publishes 
 a client's retry with the same Idempotency-Key publishes again. The first record to be
 admitted is noted by its coordinates; another record of the same turn is a duplicate and
 is dropped, while the same record delivered again (a crash before its offset commit)
-runs again, as at-least-once delivery needs. A dead-letter replay (header `replay-of`)
-is admitted once per replayed dead letter.
+runs again, as at-least-once delivery needs. A dead-letter replay (headers `replay-of`,
+`replay-source`) is admitted when the turn was never admitted, or when the record it
+replays is the one that was: a turn two of whose records were dead-lettered runs once
+whichever is replayed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class PostgresAdmissions:
     async def admit(self, event_id: str, delivery: Delivery) -> bool:
         """True when this record may run the turn; False for a duplicate record."""
         where = (delivery.topic, delivery.partition, delivery.offset)
+        replayed = delivery.replay_source or (None, None, None)
         try:
             row = await self._pool.fetchrow(
                 'INSERT INTO turn_admissions (event_id, topic, "partition", "offset", replay_of)'
@@ -40,12 +43,14 @@ class PostgresAdmissions:
                 " ON CONFLICT (event_id) DO UPDATE SET topic = EXCLUDED.topic,"
                 ' "partition" = EXCLUDED."partition", "offset" = EXCLUDED."offset",'
                 " replay_of = EXCLUDED.replay_of, admitted_at = now()"
-                " WHERE EXCLUDED.replay_of IS NOT NULL"
-                " AND turn_admissions.replay_of IS DISTINCT FROM EXCLUDED.replay_of"
+                # a replay of the very record that was admitted (and failed after)
+                ' WHERE turn_admissions.topic = $6 AND turn_admissions."partition" = $7'
+                ' AND turn_admissions."offset" = $8'
                 " RETURNING 1",
                 event_id,
                 *where,
                 delivery.replay_of,
+                *replayed,
             )
             if row is not None:
                 await self._forget_old()

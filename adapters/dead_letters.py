@@ -17,11 +17,11 @@ from typing import Any, Literal
 
 import asyncpg
 
-from gateway_runtime.errors import DependencyUnavailable
+from gateway_runtime.errors import DependencyUnavailable, InvalidEvent
 from schemas.codec import Headers
 
 Status = Literal["pending", "replayed", "discarded"]
-_PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 _COLUMNS = (
     "id, source_topic, source_partition, source_offset, stage, error_type, error_message,"
@@ -148,7 +148,9 @@ class DeadLetterStore:
                 _headers_json(letter.headers),
                 letter.value_omitted,
             )
-        except _PG_ERRORS as exc:
+        except asyncpg.DataError as exc:  # this record, not Postgres: retrying cannot help
+            raise InvalidEvent(f"dead letter not indexable: {exc!r}") from exc
+        except PG_ERRORS as exc:
             raise DependencyUnavailable(f"dead-letter index write failed: {exc!r}") from exc
         return row_id is not None
 
@@ -177,7 +179,7 @@ class DeadLetterStore:
         )
         try:
             rows = await self._pool.fetch(query, *args)
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             raise DependencyUnavailable(f"dead-letter index read failed: {exc!r}") from exc
         return [_row(r) for r in rows]
 
@@ -186,7 +188,7 @@ class DeadLetterStore:
             row = await self._pool.fetchrow(
                 f"SELECT {_COLUMNS} FROM dead_letters WHERE id = $1", letter_id
             )
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             raise DependencyUnavailable(f"dead-letter index read failed: {exc!r}") from exc
         return None if row is None else _row(row)
 
@@ -197,7 +199,7 @@ class DeadLetterStore:
                 " FROM dead_letters WHERE id = $1",
                 letter_id,
             )
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             raise DependencyUnavailable(f"dead-letter index read failed: {exc!r}") from exc
         if row is None:
             raise LookupError(letter_id)
@@ -208,31 +210,28 @@ class DeadLetterStore:
             _headers_of(row["record_headers"]),
         )
 
-    async def mark(self, letter_id: int, status: Status, who: str) -> DeadLetter | None:
-        """Move a pending row to `status`; None when it is not pending (any more)."""
+    async def mark(
+        self,
+        letter_id: int,
+        status: Status,
+        who: str,
+        *,
+        conn: asyncpg.pool.PoolConnectionProxy | None = None,
+    ) -> DeadLetter | None:
+        """Move a pending row to `status`; None when it is not pending (any more). With
+        `conn`, inside the caller's transaction (a replay queues its record in the same)."""
         if status == "replayed":
             assignment = "replays = replays + 1, replayed_at = now(), replayed_by = $2"
         else:
             assignment = "discarded_at = now(), discarded_by = $2"
         try:
-            row = await self._pool.fetchrow(
+            row = await (conn or self._pool).fetchrow(
                 f"UPDATE dead_letters SET status = $3, {assignment}"
                 f" WHERE id = $1 AND status = 'pending' RETURNING {_COLUMNS}",
                 letter_id,
                 who,
                 status,
             )
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             raise DependencyUnavailable(f"dead-letter index write failed: {exc!r}") from exc
         return None if row is None else _row(row)
-
-    async def unmark_replay(self, letter_id: int) -> None:
-        """The replay's publish failed: the row is pending again, its count as before."""
-        try:
-            await self._pool.execute(
-                "UPDATE dead_letters SET status = 'pending', replays = replays - 1,"
-                " replayed_at = NULL, replayed_by = NULL WHERE id = $1 AND status = 'replayed'",
-                letter_id,
-            )
-        except _PG_ERRORS as exc:
-            raise DependencyUnavailable(f"dead-letter index write failed: {exc!r}") from exc

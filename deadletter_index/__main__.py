@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError
 
 from adapters.dead_letters import DeadLetterStore
 from deadletter_index.records import dead_letter_of
-from gateway_runtime.errors import TRANSIENT
+from gateway_runtime.errors import TRANSIENT, InvalidEvent
 from gateway_runtime.kafka import make_consumer
 from gateway_runtime.ports import ConsumedRecord
 from gateway_runtime.postgres import create_pool
@@ -44,6 +44,9 @@ async def _index(
                     "indexed a dead letter",
                     extra={"fields": {"stage": letter.stage, "event_id": letter.event_id}},
                 )
+            return True
+        except InvalidEvent as exc:  # still readable in the topic; the partition goes on
+            log.error("dead letter skipped: %s", exc, extra={"fields": {"offset": record.offset}})
             return True
         except TRANSIENT as exc:
             log.warning("indexing failed (%r); retrying in %.1fs", exc, delay)

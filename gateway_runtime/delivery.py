@@ -17,6 +17,8 @@ from schemas.codec import Headers, header
 # they survive a second dead-lettering (unlike the `dlq-` provenance headers).
 REPLAY_OF = "replay-of"
 REPLAY_COUNT = "replay-count"
+# Where the replayed dead letter's record failed: `<topic>/<partition>/<offset>`.
+REPLAY_SOURCE = "replay-source"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,15 @@ class Delivery:
     def replay_of(self) -> str | None:
         """The dead letter this record replays, if it is a replay."""
         return header(self.headers, REPLAY_OF)
+
+    @property
+    def replay_source(self) -> tuple[str, int, int] | None:
+        """Where the replayed record failed, if this is a replay: (topic, partition, offset)."""
+        topic, _, rest = (header(self.headers, REPLAY_SOURCE) or "").rpartition("/")
+        topic, _, partition = topic.rpartition("/")
+        if not (topic and partition.isdigit() and rest.isdigit()):
+            return None
+        return topic, int(partition), int(rest)
 
 
 _current: ContextVar[Delivery | None] = ContextVar("delivery", default=None)

@@ -59,8 +59,9 @@ async def _unavailable(send: Send, deadline_s: float) -> None:
             "detail": {
                 "code": "accept_timeout",
                 "message": f"the turn could not be accepted within {deadline_s:g}s (Kafka, "
-                "Postgres or authorization is not answering); it was not started. Retry "
-                "after Retry-After seconds, with the same Idempotency-Key to be safe",
+                "Postgres or authorization is not answering). It may still start if it "
+                "reached Kafka: retry after Retry-After seconds with the same "
+                "Idempotency-Key, which never starts a turn twice",
                 "retry_after_s": RETRY_AFTER_S,
             }
         }

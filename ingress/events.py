@@ -150,6 +150,7 @@ class SessionEvents:
             catch_up = True  # the log first, then live
             behind = False
             delay = POLL_MIN_S
+            next_poll = 0.0
             last_sent = time.monotonic()
             while True:
                 if catch_up:
@@ -166,15 +167,18 @@ class SessionEvents:
                     fresh, complete = reading.result()
                     behind, catch_up = not complete, False
                     delay = POLL_MIN_S if fresh or complete else min(delay * 2, POLL_MAX_S)
+                    next_poll = time.monotonic() + delay * (0.5 + random.random())
                     for event in fresh:
                         last_sent = time.monotonic()
                         yield event
                 polling = behind or not self._hub.connected
+                # Wake for whichever comes first: an event, the next poll, the next tick.
+                wake_at = last_sent + keepalive_s
+                if polling:
+                    wake_at = min(wake_at, next_poll)
                 item: SessionEvent | None = None
                 try:
-                    async with asyncio.timeout(
-                        delay * (0.5 + random.random()) if polling else keepalive_s
-                    ):
+                    async with asyncio.timeout(max(wake_at - time.monotonic(), 0)):
                         item = await queue.get()
                 except TimeoutError:
                     pass
@@ -185,7 +189,7 @@ class SessionEvents:
                     last_sent = time.monotonic()
                     yield item
                     continue
-                catch_up = polling or item is RESYNC
+                catch_up = item is RESYNC or (polling and time.monotonic() >= next_poll)
                 if time.monotonic() - last_sent >= keepalive_s:
                     last_sent = time.monotonic()
                     yield None

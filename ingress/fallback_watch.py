@@ -24,6 +24,7 @@ from ingress.hub import FanoutHub
 
 log = logging.getLogger(__name__)
 _RETRY_MAX_S = 5.0
+_PING_EVERY_S = 30.0  # the LISTEN connection is checked this often
 
 
 class FallbackLogWatch:
@@ -57,10 +58,15 @@ class FallbackLogWatch:
                 await conn.add_listener(NOTIFY_CHANNEL, self._appended)
                 self._hub.resync_all()  # appends while nobody listened
                 delay = 0.5
-                await lost.wait()
+                while not lost.is_set():  # a connection that died silently is noticed
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), _PING_EVERY_S)
+                    if not lost.is_set():
+                        await conn.fetchval("SELECT 1", timeout=self._timeout_s)
                 log.warning("the fallback-log listener's connection closed; listening again")
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("fallback-log listener failed (%r); listening again", exc)
+                await asyncio.sleep(delay)
             finally:
                 with contextlib.suppress(Exception):
                     await conn.close(timeout=self._timeout_s)

@@ -12,7 +12,9 @@ Keys belong to the caller (its principal), so two callers' keys never meet.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -21,6 +23,7 @@ import asyncpg
 
 from gateway_runtime.errors import DependencyUnavailable
 
+log = logging.getLogger(__name__)
 KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, like the IETF draft's
 _PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 FORGET_EVERY = 1000  # keys reserved between two clean-ups of expired ones, per process
@@ -43,6 +46,7 @@ class IdempotencyKeys:
         self._pool = pool
         self._ttl_s = ttl_s
         self._reserved = 0
+        self._cleanup: asyncio.Task[None] | None = None
 
     async def find(self, principal: str, key: str) -> Remembered | None:
         """The key's turn, if the key was used within the TTL."""
@@ -63,8 +67,9 @@ class IdempotencyKeys:
         """Remember `new` under the key; the one remembered first if a concurrent request
         (or an expired use) got there before."""
         self._reserved += 1
-        if self._reserved % FORGET_EVERY == 1:
-            await self.forget_expired()
+        if self._reserved % FORGET_EVERY == 1 and self._cleanup is None:
+            # Off the request: it must answer within its deadline, a clean-up need not.
+            self._cleanup = asyncio.create_task(self._forget_quietly())
         try:
             row = await self._pool.fetchrow(
                 "INSERT INTO idempotency_keys"
@@ -102,6 +107,15 @@ class IdempotencyKeys:
             )
         except _PG_ERRORS as exc:
             raise DependencyUnavailable(f"idempotency keys unavailable: {exc!r}") from exc
+
+    async def _forget_quietly(self) -> None:
+        try:
+            forgotten = await self.forget_expired()
+            log.info("forgot %d expired idempotency keys", forgotten)
+        except DependencyUnavailable as exc:
+            log.warning("expired idempotency keys not cleaned up: %r", exc)
+        finally:
+            self._cleanup = None
 
     async def forget_expired(self) -> int:
         try:

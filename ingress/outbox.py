@@ -5,13 +5,18 @@ KAFKA_PUBLISH_TIMEOUT_S for the broker. If the broker does not answer in time th
 written to the `turn_outbox` table, and the caller answers 202 all the same. While
 the outbox holds turns, new turns go straight to it, so turns are never reordered.
 
-A relay task sends the outbox to Kafka in id order, once the broker answers again, and
-deletes each row once the broker has acknowledged it. A send that timed out is not
-cancelled: aiokafka may still deliver it. Its row waits for that send to end, and is sent
-again only if it failed. Rows of another ingress (or of this one before a restart)
-are sent again only after such a send must have expired. In the rare case where a
-record lands twice, the policy stage admits a turn's event_id once
+A relay task hands the outbox's rows to the producer in id order (the producer keeps
+that order per partition), and deletes each row once the broker has acknowledged it. A
+send that timed out is not cancelled: aiokafka may still deliver it. Its row waits for
+that send to end, and is sent again only if it failed. Rows another ingress (or this one
+before a restart) sent are sent again only after such a send must have expired. Once
+every row this process queued is in the producer's hands and the broker acknowledges
+sends again, new turns go straight to Kafka: behind the relayed ones, in order. In the
+rare case where a record lands twice, the policy stage admits a turn's event_id once
 (adapters/admissions.py). One relay runs at a time across replicas (an advisory lock).
+
+A dead-letter replay is queued here too (`put`, in the caller's transaction), so an
+operator's resolve is durable the moment it is answered and never sent twice over.
 """
 
 from __future__ import annotations
@@ -59,8 +64,10 @@ class TurnOutbox:
         self._publish_timeout_s = settings.kafka_publish_timeout_s
         self._interval_s = settings.outbox_relay_interval_s
         self._sends: dict[int, asyncio.Future[Any]] = {}  # row id -> a send that may land
-        self._queued = 0  # turns this process queued: the relay clears the backlog only
-        self._backlog = False  # if none was queued during its round
+        self._unhanded: set[int] = set()  # rows this process queued, not yet sent
+        self._inserting = 0  # queue writes under way (their ids are not known yet)
+        self._kafka_ok = True  # the last send that ended was acknowledged
+        self._backlog = False  # new turns queue behind rows not yet in the producer
         self._wake = asyncio.Event()
 
     @property
@@ -78,21 +85,44 @@ class TurnOutbox:
             send = await self._try_kafka(topic, record, deadline)
             if send is not None and send.done() and send.exception() is None:
                 return "published"
+            self._kafka_ok = False
             if send is not None and send.done():
                 send = None  # it failed: nothing will land
         left = deadline - time.monotonic()
         if left <= 0:
             raise DependencyUnavailable("the turn could not be handed to Kafka or the outbox")
+        self._inserting += 1
         try:
-            row_id = await asyncio.wait_for(self._insert(topic, record, send is not None), left)
+            async with asyncio.timeout(left):
+                row_id = await self._insert(topic, record, send is not None)
+            if send is not None:
+                self._watch(row_id, send)
+            else:
+                self._unhanded.add(row_id)
         except (TimeoutError, *_PG_ERRORS) as exc:
             raise DependencyUnavailable(f"turn outbox write failed: {exc!r}") from exc
-        if send is not None:
-            self._watch(row_id, send)
-        self._queued += 1
+        finally:
+            self._inserting -= 1
+        self.kick()
+        return "queued"
+
+    async def put(
+        self, conn: asyncpg.pool.PoolConnectionProxy, topic: str, record: EncodedEvent
+    ) -> None:
+        """Queue a record in the caller's transaction; `kick()` once it is committed."""
+        await conn.execute(
+            "INSERT INTO turn_outbox (topic, record_key, record_value, record_headers)"
+            " VALUES ($1, $2, $3, $4::jsonb)",
+            topic,
+            record.key,
+            record.value,
+            _headers_json(record.headers),
+        )
+
+    def kick(self) -> None:
+        """Rows are waiting: relay now, and queue new turns behind them meanwhile."""
         self._backlog = True
         self._wake.set()
-        return "queued"
 
     async def _try_kafka(
         self, topic: str, record: EncodedEvent, deadline: float
@@ -134,8 +164,8 @@ class TurnOutbox:
         send.add_done_callback(self._send_ended)
 
     def _send_ended(self, send: asyncio.Future[Any]) -> None:
-        if not send.cancelled():
-            send.exception()  # retrieved: a failed send is expected, not "never retrieved"
+        # Retrieved: a failed send is expected, not "exception never retrieved".
+        self._kafka_ok = not send.cancelled() and send.exception() is None
         self._wake.set()
 
     # ---- the relay ------------------------------------------------------------------------
@@ -153,7 +183,7 @@ class TurnOutbox:
     async def _relay_forever(self) -> None:
         self._backlog = True  # turns a previous run left behind go first
         while True:
-            if self._backlog:
+            if self._backlog or self._sends:
                 try:
                     await self.relay_once()
                 except Exception as exc:  # Postgres or Kafka down: try again next round
@@ -163,8 +193,9 @@ class TurnOutbox:
                 await asyncio.wait_for(self._wake.wait(), self._interval_s)
 
     async def relay_once(self) -> int:
-        """One round: send what may be sent, in order; returns the rows that left."""
-        queued_before = self._queued
+        """One round: hand what may be sent to the producer, in order; delete what the
+        broker acknowledged. Returns how many rows left the outbox."""
+        known = set(self._unhanded)
         async with self._pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_ID):
                 return 0  # another replica is relaying
@@ -176,7 +207,7 @@ class TurnOutbox:
                 FOREIGN_SEND_GRACE_S,
                 _BATCH,
             )
-            delivered, sent = await self._send_in_order(rows)
+            delivered, sent, blocked = await self._send_in_order(rows)
             if delivered:
                 await conn.execute(
                     "DELETE FROM turn_outbox WHERE id = any($1::bigint[])", delivered
@@ -185,36 +216,46 @@ class TurnOutbox:
                 await conn.execute(
                     "UPDATE turn_outbox SET sent_at = now() WHERE id = any($1::bigint[])", sent
                 )
-        if not rows and self._queued == queued_before and not self._sends:
+        complete = len(rows) < _BATCH
+        if complete:  # rows of ours another replica relayed are gone
+            self._unhanded -= known - {r["id"] for r in rows}
+        if (
+            self._backlog
+            and complete
+            and not blocked
+            and self._inserting == 0
+            and not self._unhanded
+            and self._kafka_ok
+        ):
             self._backlog = False
-            log.info("outbox empty: turns go straight to kafka again")
+            log.info("outbox relayed: turns go straight to kafka again")
         return len(delivered)
 
-    async def _send_in_order(self, rows: list[asyncpg.Record]) -> tuple[list[int], list[int]]:
-        """Ids the broker has acknowledged, and ids sent now; stops at the first row whose
-        send is pending."""
+    async def _send_in_order(self, rows: list[asyncpg.Record]) -> tuple[list[int], list[int], bool]:
+        """Ids the broker has acknowledged, ids handed to the producer now, and whether a
+        row had to wait (it stops every row after it)."""
         delivered: list[int] = []
         sent: list[int] = []
         for row in rows:
             send = self._sends.get(row["id"])
             if send is not None:
                 if not send.done():
-                    break  # order: nothing after it may overtake it
+                    continue  # in the producer's hands: it keeps the order
                 del self._sends[row["id"]]
                 if not send.cancelled() and send.exception() is None:
                     delivered.append(row["id"])
                     continue
             elif not (row["unsent"] or row["expired"]):
-                break  # another process's send may still land
+                return delivered, sent, True  # another process's send may still land
             key, value = bytes(row["record_key"]), bytes(row["record_value"])
             record = EncodedEvent(key, value, _headers_of(row["record_headers"]))
             try:
-                new = await asyncio.wait_for(
-                    self._publisher.start_send(row["topic"], record), self._publish_timeout_s
-                )
+                async with asyncio.timeout(self._publish_timeout_s):
+                    new = await self._publisher.start_send(row["topic"], record)
             except (TimeoutError, DependencyUnavailable, PublishRefused) as exc:
                 log.warning("outbox relay: kafka did not take a turn (%r)", exc)
-                break
+                return delivered, sent, True
             self._watch(row["id"], new)
+            self._unhanded.discard(row["id"])
             sent.append(row["id"])
-        return delivered, sent
+        return delivered, sent, False

@@ -80,12 +80,7 @@ async def start_turn(
     if idempotency_key is not None:
         remembered = await res.idempotency.find(subject, idempotency_key)
         if remembered is not None:
-            if remembered.request_hash != turn.fingerprint():
-                raise Denied(
-                    422,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was used for another request; use a new key",
-                )
+            _same_request(remembered, turn)
             if remembered.state == "accepted":
                 return Accepted(remembered.session_id, remembered.event_id, replayed=True)
     if remembered is None:
@@ -95,6 +90,7 @@ async def start_turn(
         if idempotency_key is not None:
             mine = Remembered(session_id, event_id, turn.fingerprint(), "reserved")
             remembered = await res.idempotency.reserve(subject, idempotency_key, mine)
+            _same_request(remembered, turn)  # a concurrent request may have won the key
             if remembered.state == "accepted":  # a concurrent retry won and is done
                 return Accepted(remembered.session_id, remembered.event_id, replayed=True)
             session_id, event_id = remembered.session_id, remembered.event_id
@@ -112,6 +108,15 @@ async def start_turn(
     if outcome == "queued":
         _announce_queued(res, event)
     return Accepted(session_id, event_id, queued=outcome == "queued")
+
+
+def _same_request(remembered: Remembered, turn: NewTurn) -> None:
+    if remembered.request_hash != turn.fingerprint():
+        raise Denied(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for another request; use a new key",
+        )
 
 
 def _announce_queued(res: Resources, event: TurnRequested) -> None:

@@ -3,9 +3,11 @@
 Operators (`operator` scope) see every tenant's dead letters; a tenant admin (`admin`)
 sees and acts on its own tenant's only, and another tenant's entry is answered as if it
 did not exist. A replay sends the original record (key, value, headers) back to the
-topic it failed on, with `replay-of` and `replay-count` headers; the row moves from
-`pending` to `replayed` in one conditional update first, so resolving twice (or two
-operators at once) replays once. A discard keeps the row, as `discarded`, for audit.
+topic it failed on, with `replay-of`, `replay-count` and `replay-source` headers: the
+row moves from `pending` to `replayed` in one conditional update, and the record is
+queued in the ingress's outbox in the same transaction, so resolving twice (or two
+operators at once) replays once, and a 202 is never lost. A discard keeps the row, as
+`discarded`, for audit.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel
 
-from adapters.dead_letters import DeadLetter, Filters, Status
-from gateway_runtime.delivery import REPLAY_COUNT, REPLAY_OF
+from adapters.dead_letters import PG_ERRORS, DeadLetter, Filters, Status
+from gateway_runtime.delivery import REPLAY_COUNT, REPLAY_OF, REPLAY_SOURCE
 from gateway_runtime.errors import DependencyUnavailable
 from ingress.auth.errors import Denied, forbidden, not_found
 from ingress.deps import PrincipalDep, ResourcesDep
@@ -114,7 +116,7 @@ async def list_dead_letters(
     until: Annotated[datetime | None, Query(description="last failure before")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[
-        str | None, Query(pattern=r"^[0-9]{1,19}$", description="next_cursor of the page before")
+        str | None, Query(pattern=r"^[0-9]{1,18}$", description="next_cursor of the page before")
     ] = None,
 ) -> DeadLetterPage:
     """Dead letters, oldest first, filtered; follow `next_cursor` for the next page."""
@@ -168,17 +170,29 @@ async def resolve_dead_letter(
     stored = await res.dead_letters.record(letter_id)
     record = EncodedEvent(stored.key, stored.value, stored.headers)
     await _refuse_revoked_key(res, record)
-    marked = await res.dead_letters.mark(letter_id, "replayed", principal.subject)
+    count = int(header(record.headers, REPLAY_COUNT) or "0") + 1
+    source = f"{letter.source_topic}/{letter.source_partition}/{letter.source_offset}"
+    headers = [h for h in record.headers if h[0] not in (REPLAY_OF, REPLAY_COUNT, REPLAY_SOURCE)]
+    headers += [
+        (REPLAY_OF, str(letter_id).encode()),
+        (REPLAY_COUNT, str(count).encode()),
+        (REPLAY_SOURCE, source.encode()),
+    ]
+    replay = EncodedEvent(record.key, record.value, headers)
+    # The row turns `replayed` and the record is queued in the outbox in one transaction:
+    # once answered, the replay is durable (the relay sends it), and it is queued once.
+    try:
+        async with res.pool.acquire() as conn, conn.transaction():
+            marked = await res.dead_letters.mark(
+                letter_id, "replayed", principal.subject, conn=conn
+            )
+            if marked is not None:
+                await res.outbox.put(conn, stored.topic, replay)
+    except (TimeoutError, *PG_ERRORS) as exc:
+        raise DependencyUnavailable(f"the replay could not be queued: {exc!r}") from exc
     if marked is None:  # resolved or discarded meanwhile, by someone else
         raise _not_pending(await _visible(res, letter_id, scope))
-    count = int(header(record.headers, REPLAY_COUNT) or 0) + 1
-    headers = [h for h in record.headers if h[0] not in (REPLAY_OF, REPLAY_COUNT)]
-    headers += [(REPLAY_OF, str(letter_id).encode()), (REPLAY_COUNT, str(count).encode())]
-    try:
-        await res.publisher.publish(stored.topic, EncodedEvent(record.key, record.value, headers))
-    except DependencyUnavailable:
-        await res.dead_letters.unmark_replay(letter_id)  # the broker took nothing: pending again
-        raise
+    res.outbox.kick()
     log.info(
         "dead letter replayed",
         extra={"fields": {"dead_letter": letter_id, "by": principal.subject, "count": count}},

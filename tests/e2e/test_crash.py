@@ -72,4 +72,3 @@ async def test_llm_worker_killed_mid_turn_then_restarted(
         ("assistant", events[-1].data["data"]["text"]),
         ("user", f"y {marker}"),
     ]
-
