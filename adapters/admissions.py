@@ -17,8 +17,8 @@ import asyncpg
 
 from gateway_runtime.delivery import Delivery
 from gateway_runtime.errors import DependencyUnavailable
+from gateway_runtime.postgres import PG_ERRORS
 
-_PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 # Admissions older than this are forgotten (a duplicate arrives within seconds or
 # minutes of its turn; a week covers an outbox or a dead letter left that long).
 KEEP_DAYS = 7
@@ -59,7 +59,7 @@ class PostgresAdmissions:
                 'SELECT topic, "partition", "offset" FROM turn_admissions WHERE event_id = $1',
                 event_id,
             )
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             raise DependencyUnavailable(f"turn admission failed: {exc!r}") from exc
         return first is not None and tuple(first) == where
 

@@ -32,10 +32,10 @@ import asyncpg
 
 from gateway_runtime.errors import DependencyUnavailable
 from gateway_runtime.ports import BudgetUsage, Reservation
+from gateway_runtime.postgres import PG_ERRORS
 
 HOLDS_KEPT_DAYS = 3  # settled or not, holds of older days are deleted
 _CLEANUP_EVERY_S = 3600.0
-_PG_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def day_of(ts: float) -> date:
@@ -64,7 +64,7 @@ class PostgresBudgetLedger:
                 persona,
                 day_of(now),
             )
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             raise DependencyUnavailable(f"budget counters unavailable: {exc!r}") from exc
         used, reserved = (row["used"], row["reserved"]) if row else (0, 0)
         return BudgetUsage(int(used), int(reserved), seconds_to_reset(now))
@@ -88,7 +88,7 @@ class PostgresBudgetLedger:
                 estimate,
                 budget,
             )
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             raise DependencyUnavailable(f"budget reservation failed: {exc!r}") from exc
         assert row is not None  # a function with OUT parameters returns one row
         usage = BudgetUsage(int(row["used"]), int(row["reserved"]), seconds_to_reset(now))
@@ -106,7 +106,7 @@ class PostgresBudgetLedger:
                 max(0, actual_tokens),
             )
             await self._cleanup()
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             raise DependencyUnavailable(f"budget settlement failed: {exc!r}") from exc
         return bool(done)
 

@@ -9,19 +9,17 @@ row at once replay it once.
 
 from __future__ import annotations
 
-import base64
-import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 import asyncpg
 
 from gateway_runtime.errors import DependencyUnavailable, InvalidEvent
-from schemas.codec import Headers
+from gateway_runtime.postgres import PG_ERRORS
+from schemas.codec import Headers, headers_from_json, headers_to_json
 
 Status = Literal["pending", "replayed", "discarded"]
-PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 _COLUMNS = (
     "id, source_topic, source_partition, source_offset, stage, error_type, error_message,"
@@ -32,8 +30,8 @@ _COLUMNS = (
 
 
 @dataclass(frozen=True, slots=True)
-class NewDeadLetter:
-    """What the index keeps of one record of the dead-letter topic."""
+class Failure:
+    """Where and how a record failed, as its dead letter's provenance says."""
 
     source_topic: str
     source_partition: int
@@ -48,29 +46,23 @@ class NewDeadLetter:
     event_id: str | None
     tenant: str | None
     replay_of: int | None
+    value_omitted: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewDeadLetter(Failure):
+    """What the index keeps of one record of the dead-letter topic."""
+
     key: bytes
     value: bytes
     headers: Headers  # the original record's, without the provenance headers
-    value_omitted: str | None
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(Failure):
+    """An indexed dead letter, as the requeue API shows it."""
+
     id: int
-    source_topic: str
-    source_partition: int
-    source_offset: int
-    stage: str
-    error_type: str
-    error_message: str
-    attempts: int
-    first_failed_at: datetime
-    last_failed_at: datetime
-    session_id: str | None
-    event_id: str | None
-    tenant: str | None
-    replay_of: int | None
-    value_omitted: str | None
     status: Status
     replays: int
     replayed_at: datetime | None
@@ -99,15 +91,6 @@ class StoredRecord:
     key: bytes
     value: bytes
     headers: Headers
-
-
-def _headers_json(headers: Headers) -> str:
-    return json.dumps([[k, base64.b64encode(v or b"").decode()] for k, v in headers])
-
-
-def _headers_of(raw: str | list[Any]) -> Headers:
-    items = json.loads(raw) if isinstance(raw, str) else raw
-    return [(str(k), base64.b64decode(v)) for k, v in items]
 
 
 def _row(record: asyncpg.Record) -> DeadLetter:
@@ -145,7 +128,7 @@ class DeadLetterStore:
                 letter.replay_of,
                 letter.key,
                 letter.value,
-                _headers_json(letter.headers),
+                headers_to_json(letter.headers),
                 letter.value_omitted,
             )
         except asyncpg.DataError as exc:  # this record, not Postgres: retrying cannot help
@@ -207,7 +190,7 @@ class DeadLetterStore:
             row["source_topic"],
             bytes(row["record_key"]),
             bytes(row["record_value"]),
-            _headers_of(row["record_headers"]),
+            headers_from_json(row["record_headers"]),
         )
 
     async def mark(

@@ -15,6 +15,13 @@ from gateway_runtime.errors import DependencyUnavailable
 from gateway_runtime.settings import CommonSettings
 
 log = logging.getLogger(__name__)
+# What a Postgres call raises when the server or the statement fails (TimeoutError, a
+# command timeout, is an OSError): adapters turn these into the mesh's errors.
+PG_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 MIGRATIONS = Path(__file__).parent / "migrations"
 _LOCK_ID = 0x50_4D_41  # any constant shared by every process of the mesh
 

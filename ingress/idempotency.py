@@ -22,10 +22,10 @@ from typing import Literal
 import asyncpg
 
 from gateway_runtime.errors import DependencyUnavailable
+from gateway_runtime.postgres import PG_ERRORS
 
 log = logging.getLogger(__name__)
 KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, like the IETF draft's
-_PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 FORGET_EVERY = 1000  # keys reserved between two clean-ups of expired ones, per process
 
 
@@ -59,7 +59,7 @@ class IdempotencyKeys:
                 key,
                 self._ttl_s,
             )
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             raise DependencyUnavailable(f"idempotency keys unavailable: {exc!r}") from exc
         return None if row is None else Remembered(**dict(row))
 
@@ -94,7 +94,7 @@ class IdempotencyKeys:
                     principal,
                     key,
                 )
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             raise DependencyUnavailable(f"idempotency keys unavailable: {exc!r}") from exc
         return new if row is None else Remembered(**dict(row))
 
@@ -105,7 +105,7 @@ class IdempotencyKeys:
                 principal,
                 key,
             )
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             raise DependencyUnavailable(f"idempotency keys unavailable: {exc!r}") from exc
 
     async def _forget_quietly(self) -> None:
@@ -123,6 +123,6 @@ class IdempotencyKeys:
                 "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
                 self._ttl_s,
             )
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             raise DependencyUnavailable(f"idempotency keys unavailable: {exc!r}") from exc
         return int(done.split()[-1])

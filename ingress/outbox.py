@@ -22,9 +22,7 @@ operator's resolve is durable the moment it is answered and never sent twice ove
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -34,25 +32,17 @@ import asyncpg
 
 from gateway_runtime.errors import DependencyUnavailable, PublishRefused
 from gateway_runtime.kafka import KafkaPublisher
+from gateway_runtime.postgres import PG_ERRORS
 from gateway_runtime.settings import IngressSettings
-from schemas.codec import EncodedEvent
+from schemas.codec import EncodedEvent, headers_from_json, headers_to_json
 
 log = logging.getLogger(__name__)
 Outcome = Literal["published", "queued"]
 _LOCK_ID = 0x4F_55_54  # the relay's advisory lock
-_PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 # After this, a send another process started has surely expired (the producer's
 # request timeout is 15 s): its row may be sent again.
 FOREIGN_SEND_GRACE_S = 45.0
 _BATCH = 500
-
-
-def _headers_json(headers: list[tuple[str, bytes]]) -> str:
-    return json.dumps([[k, base64.b64encode(v or b"").decode()] for k, v in headers])
-
-
-def _headers_of(raw: str) -> list[tuple[str, bytes]]:
-    return [(str(k), base64.b64decode(v)) for k, v in json.loads(raw)]
 
 
 class TurnOutbox:
@@ -99,7 +89,7 @@ class TurnOutbox:
                 self._watch(row_id, send)
             else:
                 self._unhanded.add(row_id)
-        except (TimeoutError, *_PG_ERRORS) as exc:
+        except PG_ERRORS as exc:  # TimeoutError among them
             raise DependencyUnavailable(f"turn outbox write failed: {exc!r}") from exc
         finally:
             self._inserting -= 1
@@ -116,7 +106,7 @@ class TurnOutbox:
             topic,
             record.key,
             record.value,
-            _headers_json(record.headers),
+            headers_to_json(record.headers),
         )
 
     def kick(self) -> None:
@@ -154,7 +144,7 @@ class TurnOutbox:
             topic,
             record.key,
             record.value,
-            _headers_json(record.headers),
+            headers_to_json(record.headers),
             sent,
         )
         return row_id
@@ -248,7 +238,7 @@ class TurnOutbox:
             elif not (row["unsent"] or row["expired"]):
                 return delivered, sent, True  # another process's send may still land
             key, value = bytes(row["record_key"]), bytes(row["record_value"])
-            record = EncodedEvent(key, value, _headers_of(row["record_headers"]))
+            record = EncodedEvent(key, value, headers_from_json(row["record_headers"]))
             try:
                 async with asyncio.timeout(self._publish_timeout_s):
                     new = await self._publisher.start_send(row["topic"], record)

@@ -42,6 +42,7 @@ from redis.exceptions import RedisError
 
 from gateway_runtime.errors import DependencyUnavailable
 from gateway_runtime.ports import Tenant
+from gateway_runtime.postgres import PG_ERRORS
 from gateway_runtime.redis_gate import RedisGate
 from gateway_runtime.redis_keys import RedisKeys
 
@@ -51,7 +52,6 @@ WINDOW_MS = 60_000
 FLUSH_S = 0.25  # how soon Redis admissions are copied to Postgres
 _CLEANUP_EVERY_S = 30.0
 _FOLD_CHUNK = 500
-_PG_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 # KEYS: per counter its log (sorted set) then its sum, then the fold marker. ARGV[1] window
 # ms, ARGV[2] member id, then per counter its limit and this request's cost.
@@ -217,7 +217,7 @@ class RateLimiter:
                 await self._flusher
         try:
             await self._flush()
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             log.warning("rate-limit admissions not copied to Postgres: %r", exc)
 
     # ---- Redis -------------------------------------------------------------------------
@@ -259,7 +259,7 @@ class RateLimiter:
                     " WHERE at_ms > (extract(epoch FROM clock_timestamp()) * 1000)::bigint - $1",
                     WINDOW_MS,
                 )
-            except _PG_ERRORS as exc:
+            except PG_ERRORS as exc:
                 log.warning("rate limits not restored to Redis (Postgres: %r)", exc)
                 rows = []
             added = 0
@@ -298,7 +298,7 @@ class RateLimiter:
                 member,
                 WINDOW_MS,
             )
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             raise DependencyUnavailable(
                 f"rate limiter unavailable (Redis and Postgres): {exc!r}"
             ) from exc
@@ -317,7 +317,7 @@ class RateLimiter:
         await asyncio.sleep(self._flush_s)
         try:
             await self._flush()
-        except _PG_ERRORS as exc:
+        except PG_ERRORS as exc:
             log.warning("rate-limit admissions not copied to Postgres yet: %r", exc)
 
     async def _flush(self) -> None:
@@ -332,7 +332,7 @@ class RateLimiter:
                         *(list(column) for column in zip(*rows, strict=True)),
                     )
                 await self._cleanup()
-            except _PG_ERRORS:
+            except PG_ERRORS:
                 horizon = int(time.time() * 1000) - WINDOW_MS  # older ones count no more
                 self._pending = [r for r in rows if r[1] > horizon] + self._pending
                 raise

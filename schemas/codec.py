@@ -11,6 +11,7 @@ with an older schema version reads with the current one (new fields take their d
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -39,6 +40,16 @@ class EncodedEvent:
     key: bytes
     value: bytes
     headers: Headers
+
+
+def headers_to_json(headers: Headers) -> str:
+    """Record headers as JSON (values base64), for a record kept in Postgres."""
+    return json.dumps([[k, base64.b64encode(v or b"").decode()] for k, v in headers])
+
+
+def headers_from_json(raw: str | list[Any]) -> Headers:
+    items = json.loads(raw) if isinstance(raw, str) else raw
+    return [(str(k), base64.b64decode(v)) for k, v in items]
 
 
 def header(headers: Headers | None, name: str) -> str | None:

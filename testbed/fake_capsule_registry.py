@@ -19,21 +19,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import subprocess
-import sys
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from testbed.sandbox import ROOT, free_port
+from testbed.mesh import start_loopback_server
 
 BLOB_SIZE = 300_000
 CHUNK = 64 * 1024
@@ -146,27 +143,7 @@ app = Starlette(
 
 def start_fake_capsule_registry(log_dir: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """The fake registry on a free port: its process and base URL (ready to answer)."""
-    port = free_port()
-    out = open(log_dir / "fake_capsule_registry.log", "ab") if log_dir else None
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "testbed.fake_capsule_registry", "--port", str(port)],
-        cwd=ROOT,
-        stdout=out,
-        stderr=subprocess.STDOUT if out else None,
-    )
-    if out is not None:
-        out.close()  # the child holds its own descriptor
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(url + "/_requests", timeout=1).raise_for_status()
-            return proc, url
-        except httpx.HTTPError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise
-            time.sleep(0.05)
+    return start_loopback_server("testbed.fake_capsule_registry", "/_requests", log_dir)
 
 
 def main() -> None:

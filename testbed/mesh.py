@@ -200,12 +200,16 @@ def mesh_env(sandbox: Sandbox, fake_llm_url: str, **extra: str) -> dict[str, str
     return env
 
 
-def start_fake_upstream(log_dir: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """The fake OpenAI-compatible upstream on a free port: its process and base URL."""
+def start_loopback_server(
+    module: str, ready_path: str, log_dir: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`python -m <module> --port <free port>`, once GET `ready_path` answers: its process
+    and base URL. For the fakes of what is outside the system (model upstream, registry)."""
     port = free_port()
-    out = open(log_dir / "fake_upstream.log", "ab") if log_dir else None
+    name = module.rpartition(".")[2]
+    out = open(log_dir / f"{name}.log", "ab") if log_dir else None
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.fake_upstream", "--port", str(port)],
+        [sys.executable, "-m", module, "--port", str(port)],
         cwd=ROOT,
         stdout=out,
         stderr=subprocess.STDOUT if out else None,
@@ -216,13 +220,18 @@ def start_fake_upstream(log_dir: Path | None = None) -> tuple[subprocess.Popen[b
     deadline = time.monotonic() + 20
     while True:
         try:
-            httpx.get(url + "/v1/models", timeout=1).raise_for_status()
+            httpx.get(url + ready_path, timeout=1).raise_for_status()
             return proc, url
         except httpx.HTTPError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 raise
             time.sleep(0.05)
+
+
+def start_fake_upstream(log_dir: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """The fake OpenAI-compatible upstream on a free port: its process and base URL."""
+    return start_loopback_server("bench.fake_upstream", "/v1/models", log_dir)
 
 
 async def run_module(env: dict[str, str], module: str) -> str:

@@ -19,9 +19,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel
 
-from adapters.dead_letters import PG_ERRORS, DeadLetter, Filters, Status
+from adapters.dead_letters import DeadLetter, Filters, Status
 from gateway_runtime.delivery import REPLAY_COUNT, REPLAY_OF, REPLAY_SOURCE
 from gateway_runtime.errors import DependencyUnavailable
+from gateway_runtime.postgres import PG_ERRORS
 from ingress.auth.errors import Denied, forbidden, not_found
 from ingress.deps import PrincipalDep, ResourcesDep
 from ingress.resources import Resources
@@ -96,6 +97,14 @@ async def _visible(res: Resources, letter_id: int, scope: str | None) -> DeadLet
     return letter
 
 
+async def _pending(res: Resources, letter_id: int, scope: str | None) -> DeadLetter:
+    """The dead letter, if the caller may see it and it still waits for a decision."""
+    letter = await _visible(res, letter_id, scope)
+    if letter.status != "pending":
+        raise _not_pending(letter)
+    return letter
+
+
 def _not_pending(letter: DeadLetter) -> Denied:
     if letter.status == "replayed":
         who = f" by {letter.replayed_by}" if letter.replayed_by else ""
@@ -157,9 +166,7 @@ async def resolve_dead_letter(
     letter_id: IdPath, res: ResourcesDep, scope: TenantScope, principal: PrincipalDep
 ) -> DeadLetterOut:
     """Replay: the original record goes back to its source topic, once."""
-    letter = await _visible(res, letter_id, scope)
-    if letter.status != "pending":
-        raise _not_pending(letter)
+    letter = await _pending(res, letter_id, scope)
     if letter.value_omitted:
         raise Denied(
             409,
@@ -188,7 +195,7 @@ async def resolve_dead_letter(
             )
             if marked is not None:
                 await res.outbox.put(conn, stored.topic, replay)
-    except (TimeoutError, *PG_ERRORS) as exc:
+    except PG_ERRORS as exc:
         raise DependencyUnavailable(f"the replay could not be queued: {exc!r}") from exc
     if marked is None:  # resolved or discarded meanwhile, by someone else
         raise _not_pending(await _visible(res, letter_id, scope))
@@ -209,9 +216,7 @@ async def discard_dead_letter(
     letter_id: IdPath, res: ResourcesDep, scope: TenantScope, principal: PrincipalDep
 ) -> DeadLetterOut:
     """Discard: never replayed; the row stays (status `discarded`) for audit."""
-    letter = await _visible(res, letter_id, scope)
-    if letter.status != "pending":
-        raise _not_pending(letter)
+    await _pending(res, letter_id, scope)
     marked = await res.dead_letters.mark(letter_id, "discarded", principal.subject)
     if marked is None:
         raise _not_pending(await _visible(res, letter_id, scope))
