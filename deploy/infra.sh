@@ -91,22 +91,26 @@ start_redis() {
   wait_ready redis 15 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping || fail_with_log redis "redis not answering PING"
 }
 
+# The broker refuses anonymous clients (deploy/kafka/server.properties.tmpl): its admin
+# SCRAM credential goes into the storage when it is formatted. deploy/kafka/storage.py
+# keeps the two together: it formats an empty storage with the admin's credential, formats
+# anew (once, logging what is dropped) only a plaintext install from before SASL, and
+# stops with what to do when the admin's credentials file is lost or does not fit the
+# storage; the admin's password is on no command line.
 start_kafka() {
-  local dir=$STATE_DIR/kafka host=${KAFKA_ADDR%:*} port=${KAFKA_ADDR##*:}
+  local dir=$STATE_DIR/kafka host=${KAFKA_ADDR%:*} port=${KAFKA_ADDR##*:} rc=0
+  local admin_file=$KAFKA_CREDENTIALS_DIR/$KAFKA_ADMIN_USER.json
   [[ -d $KAFKA_LIBS ]] || die "kafka jars missing in $KAFKA_LIBS: run deploy/install.sh"
-  mkdir -p "$dir/data"
-  sed -e "s|@HOST@|$host|g; s|@PORT@|$port|g; s|@CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g; s|@DATA_DIR@|$dir/data|g" \
-    "$DEPLOY_DIR/kafka/server.properties.tmpl" >"$dir/server.properties"
   local cp=("-Dlog4j2.configurationFile=$DEPLOY_DIR/kafka/log4j2.properties" -cp "$KAFKA_LIBS/*")
-  if [[ ! -f $dir/data/meta.properties ]]; then  # format the KRaft storage once
-    java "${cp[@]}" kafka.tools.StorageTool format --ignore-formatted -c "$dir/server.properties" \
-      -t "$(java "${cp[@]}" kafka.tools.StorageTool random-uuid)" >>"$LOG_DIR/kafka.log" 2>&1 ||
-      fail_with_log kafka "kafka storage format failed"
-  fi
+  PYTHONPATH=$REPO_DIR "$VENV/bin/python" "$DEPLOY_DIR/kafka/storage.py" "$dir" "$admin_file" \
+    "$KAFKA_ADMIN_USER" "$DEPLOY_DIR/kafka/server.properties.tmpl" "$host" "$port" \
+    "$KAFKA_CONTROLLER_PORT" "$LOG_DIR/kafka.log" -- java "${cp[@]}" kafka.tools.StorageTool || rc=$?
+  ((rc != 2)) || fail_with_log kafka "kafka storage format failed"
+  ((rc == 0)) || exit "$rc"
   start_daemon kafka java -Xms256m -Xmx512m "${cp[@]}" kafka.Kafka "$dir/server.properties"
   wait_ready kafka 90 port_open "$host" "$port" || fail_with_log kafka "kafka port $KAFKA_ADDR not open"
-  wait_ready kafka 60 "$VENV/bin/python" "$DEPLOY_DIR/kafka/ready.py" "$KAFKA_ADDR" ||
-    fail_with_log kafka "kafka does not answer metadata requests"
+  wait_ready kafka 60 env PYTHONPATH="$REPO_DIR" "$VENV/bin/python" "$DEPLOY_DIR/kafka/ready.py" \
+    "$KAFKA_ADDR" 5 "$admin_file" || fail_with_log kafka "kafka does not answer metadata requests"
 }
 
 start_openfga() {

@@ -11,6 +11,11 @@ VENV=$SOMA_HOME/venv
 LOG_DIR=${SOMA_LOG_DIR:-$SOMA_HOME/logs}
 STATE_DIR=${SOMA_STATE_DIR:-$SOMA_HOME/state}
 mkdir -p "$LOG_DIR" "$STATE_DIR"
+# The broker's SCRAM credentials, one <principal>.json (mode 0600) each: the admin's is
+# made by infra.sh when it formats the broker, the services' by gateway_runtime.provision.
+# A sandbox with a broker of its own points this at its own directory.
+KAFKA_CREDENTIALS_DIR=${KAFKA_CREDENTIALS_DIR:-$SOMA_HOME/kafka/credentials}
+KAFKA_ADMIN_USER=admin
 
 # Pinned tool versions. Kafka's lives in its pom so Maven and the scripts agree.
 OPA_VERSION=v1.22.3

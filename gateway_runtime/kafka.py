@@ -1,4 +1,12 @@
-"""Kafka wiring: the producer and consumer every service uses, and topic provisioning.
+"""Kafka wiring: who a client is to the broker, the producer, consumer and admin client
+every service uses, and topic provisioning.
+
+`KafkaConnection` is the one place a client's address, login (SASL/SCRAM, from the
+principal's credentials file or KAFKA_PASSWORD) and TLS (SASL_SSL: the broker's
+certificate checked against KAFKA_SSL_CAFILE, else the system's trust store) become
+client arguments: every aiokafka client of the mesh, the testbed and the benchmarks,
+and confluent-kafka's admin client, is built from one, so none connects anonymously to a
+broker that asks for credentials (docs/security.md).
 
 The producer is idempotent with acks=all, so a retried send never duplicates a record in
 the log. Consumers never auto-commit: the stage loop commits only what it has finished.
@@ -12,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -24,9 +34,12 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
 )
+from aiokafka.helpers import create_ssl_context
 
+from gateway_runtime import kafka_credentials
 from gateway_runtime.errors import DependencyUnavailable, PublishRefused
 from gateway_runtime.ports import ConsumedRecord
+from gateway_runtime.settings import CommonSettings
 from schemas.codec import EncodedEvent
 from schemas.topics import Topic
 
@@ -39,9 +52,157 @@ _REFUSED_FOR_GOOD = (
 )
 
 
-def make_producer(bootstrap_servers: str, *, client_id: str) -> AIOKafkaProducer:
+class KafkaCredentialsMissing(RuntimeError):
+    """The broker wants a login (or the profile does) and this principal has none."""
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConnection:
+    """Where the broker is and who this client is to it."""
+
+    bootstrap_servers: str
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = kafka_credentials.DEFAULT_MECHANISM
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ssl_cafile: Path | None = None  # with *SSL: the CA the broker's certificate must chain to
+
+    @classmethod
+    def for_principal(
+        cls,
+        bootstrap_servers: str,
+        credentials_dir: Path,
+        principal: str,
+        *,
+        security_protocol: str = "auto",
+        sasl_mechanism: str = kafka_credentials.DEFAULT_MECHANISM,
+        password: str | None = None,
+        require_sasl: bool = False,
+        ssl_cafile: Path | None = None,
+    ) -> KafkaConnection:
+        """`principal`'s connection: its password (given, or from its credentials file).
+        `auto` logs in with it and refuses to go on without one: an anonymous connection
+        (no broker boundary) is only ever an explicit `PLAINTEXT`, in the local profile."""
+        if password is None and security_protocol != "PLAINTEXT":
+            found = kafka_credentials.find(credentials_dir, principal)
+            if found is not None:
+                password, sasl_mechanism = found.password, found.mechanism
+                if security_protocol == "auto":
+                    security_protocol = found.security_protocol
+        if security_protocol == "auto":
+            security_protocol = "SASL_PLAINTEXT"
+        if security_protocol == "PLAINTEXT":
+            if require_sasl:
+                raise KafkaCredentialsMissing("PLAINTEXT Kafka is for the local profile only")
+            return cls(bootstrap_servers, ssl_cafile=ssl_cafile)
+        if password is None:
+            raise KafkaCredentialsMissing(
+                f"no Kafka credentials for principal {principal!r}: neither KAFKA_PASSWORD nor"
+                f" {kafka_credentials.credentials_file(credentials_dir, principal)}"
+                " (`make up` provisions the services' credentials)"
+            )
+        return cls(
+            bootstrap_servers, security_protocol, sasl_mechanism, principal, password, ssl_cafile
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: CommonSettings, *, principal: str | None = None
+    ) -> KafkaConnection:
+        """The process's own connection (KAFKA_USERNAME, else its service's principal), or
+        another `principal`'s from the same credentials directory."""
+        own = settings.kafka_username or kafka_credentials.principal_for(settings.service_name)
+        password = settings.kafka_password if principal in (None, own) else None
+        return cls.for_principal(
+            settings.kafka_bootstrap_servers,
+            settings.kafka_credentials_path,
+            principal or own,
+            security_protocol=settings.kafka_security_protocol,
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            password=password.get_secret_value() if password else None,
+            require_sasl=settings.soma_profile == "production",
+            ssl_cafile=settings.kafka_ssl_cafile,
+        )
+
+    @classmethod
+    def from_credentials(
+        cls,
+        credentials: kafka_credentials.Credentials,
+        *,
+        bootstrap_servers: str | None = None,
+        ssl_cafile: Path | None = None,
+    ) -> KafkaConnection:
+        """The connection a credentials file describes: an automation's (the file that
+        `soma-gateway automation add` wrote says where to connect), or any principal's
+        with `bootstrap_servers` (deploy/kafka/ready.py, with the admin's)."""
+        servers = bootstrap_servers or credentials.bootstrap_servers
+        if not servers:
+            raise KafkaCredentialsMissing(f"{credentials.username}: no bootstrap_servers")
+        return cls(
+            servers,
+            credentials.security_protocol,
+            credentials.mechanism,
+            credentials.username,
+            credentials.password,
+            ssl_cafile,
+        )
+
+    @property
+    def sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol.endswith("SSL")
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """The arguments of any aiokafka client (producer, consumer, admin)."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl:
+            kwargs.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.username,
+                sasl_plain_password=self.password,
+            )
+        if self.tls:
+            kwargs["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile)
+        return kwargs
+
+    def librdkafka_config(self) -> dict[str, str]:
+        """The same for confluent-kafka's admin client (SCRAM users and ACLs)."""
+        config = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl:
+            config.update(
+                {
+                    "sasl.mechanism": self.sasl_mechanism,
+                    "sasl.username": self.username or "",
+                    "sasl.password": self.password or "",
+                }
+            )
+        if self.tls and self.ssl_cafile is not None:
+            config["ssl.ca.location"] = str(self.ssl_cafile)
+        return config
+
+
+# A client is built from a connection (address and login) or from a process's settings.
+Kafka = KafkaConnection | CommonSettings
+
+
+def connection(kafka: Kafka) -> KafkaConnection:
+    if isinstance(kafka, KafkaConnection):
+        return kafka
+    return KafkaConnection.from_settings(kafka)
+
+
+def make_producer(kafka: Kafka, *, client_id: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+        **connection(kafka).client_kwargs(),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -51,12 +212,18 @@ def make_producer(bootstrap_servers: str, *, client_id: str) -> AIOKafkaProducer
 
 
 def make_consumer(
-    bootstrap_servers: str, *, group_id: str, client_id: str, fetch_max_wait_ms: int = 50
+    kafka: Kafka,
+    *,
+    group_id: str,
+    client_id: str,
+    fetch_max_wait_ms: int = 50,
+    metadata_max_age_ms: int = 300000,
 ) -> AIOKafkaConsumer:
     """A group member; `fetch_max_wait_ms` is how long an empty fetch waits at the broker
-    (short on the turn's path, longer where latency does not matter)."""
+    (short on the turn's path, longer where latency does not matter);
+    `metadata_max_age_ms` how soon a pattern subscription sees a new topic."""
     return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+        **connection(kafka).client_kwargs(),
         group_id=group_id,
         client_id=client_id,
         enable_auto_commit=False,
@@ -67,6 +234,7 @@ def make_consumer(
         session_timeout_ms=10000,
         heartbeat_interval_ms=1000,
         max_poll_interval_ms=300000,
+        metadata_max_age_ms=metadata_max_age_ms,
     )
 
 
@@ -122,9 +290,14 @@ class GroupConsumer:
             raise DependencyUnavailable(f"offset commit failed: {exc!r}") from exc
 
 
-async def ensure_topics(bootstrap_servers: str, topics: Iterable[Topic]) -> list[str]:
+def make_admin(kafka: Kafka, *, client_id: str, **options: Any) -> AIOKafkaAdminClient:
+    """An aiokafka admin client (topics, consumer groups); `options` are aiokafka's."""
+    return AIOKafkaAdminClient(**connection(kafka).client_kwargs(), client_id=client_id, **options)
+
+
+async def ensure_topics(kafka: Kafka, topics: Iterable[Topic]) -> list[str]:
     """Create the mesh's topics with their partition counts; existing ones are kept."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="soma-provision")
+    admin = make_admin(kafka, client_id="soma-provision")
     await admin.start()
     try:
         existing = set(await admin.list_topics())

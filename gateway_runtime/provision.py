@@ -1,7 +1,11 @@
 """`python -m gateway_runtime.provision`: topics, migrations, OpenFGA store and model, OPA policy.
 
 Every step is idempotent: run it at every start (`make up` does).
-- Kafka topics of the namespace, Postgres migrations;
+- Kafka topics of the namespace; on a broker that asks for credentials, a SCRAM
+  principal per mesh service (its credentials file under KAFKA_CREDENTIALS_DIR) and
+  exactly the ACLs each needs in the namespace, an older install's broader ones removed
+  (gateway_runtime/broker_grants.py);
+- Postgres migrations;
 - the OpenFGA store named OPENFGA_STORE_NAME, created if missing, and the model of
   `deploy/openfga/model.json` written when it differs from the store's latest one;
 - the Rego policies of `deploy/opa/` pushed to the OPA server (live without a restart).
@@ -18,7 +22,9 @@ from typing import Any
 import httpx
 
 from adapters.opa import upload_policies
-from gateway_runtime.kafka import ensure_topics
+from gateway_runtime.broker_admin import BrokerAdmin
+from gateway_runtime.broker_grants import MeshGrant, provision_mesh
+from gateway_runtime.kafka import KafkaConnection, ensure_topics
 from gateway_runtime.logs import configure_logging
 from gateway_runtime.postgres import create_pool, migrate
 from gateway_runtime.settings import ProvisionSettings
@@ -68,9 +74,21 @@ async def ensure_fga_model(
     return store_id, model_id
 
 
-async def provision(settings: ProvisionSettings) -> None:
+async def provision_kafka(settings: ProvisionSettings) -> tuple[list[str], MeshGrant | None]:
+    """The namespace's topics and, on a broker with SASL, its principals and ACLs."""
+    kafka = KafkaConnection.from_settings(settings)
     topics = Topics.for_namespace(settings.kafka_namespace).all()
-    created = await ensure_topics(settings.kafka_bootstrap_servers, topics)
+    created = await ensure_topics(kafka, topics)
+    if not kafka.sasl:  # a broker from before SASL (local profile only): nothing to grant
+        return created, None
+    grant = await provision_mesh(
+        BrokerAdmin(kafka), settings.kafka_credentials_path, settings.kafka_namespace
+    )
+    return created, grant
+
+
+async def provision(settings: ProvisionSettings) -> None:
+    created, grant = await provision_kafka(settings)
     pool = await create_pool(settings, max_size=2)
     try:
         applied = await migrate(pool)
@@ -86,6 +104,9 @@ async def provision(settings: ProvisionSettings) -> None:
         extra={
             "fields": {
                 "topics_created": created,
+                "kafka_principals_created": grant.principals_created if grant else None,
+                "kafka_acls_created": grant.acls_created if grant else None,
+                "kafka_acls_removed": grant.acls_removed if grant else None,
                 "migrations": applied,
                 "openfga_store": store_id,
                 "openfga_model": model_id,

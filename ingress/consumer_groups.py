@@ -20,6 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from gateway_runtime.kafka import KafkaConnection, make_admin
 from gateway_runtime.settings import IngressSettings
 from schemas.stages import STAGES, Stage
 from schemas.topics import Topics
@@ -76,10 +77,10 @@ class ConsumerGroups:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, settings: IngressSettings) -> AsyncIterator[ConsumerGroups]:
-        servers, client_id = settings.kafka_bootstrap_servers, "ingress-health"
-        admin = AIOKafkaAdminClient(bootstrap_servers=servers, client_id=client_id)
+        kafka, client_id = KafkaConnection.from_settings(settings), "ingress-health"
+        admin = make_admin(kafka, client_id=client_id)
         offsets = AIOKafkaConsumer(
-            bootstrap_servers=servers,
+            **kafka.client_kwargs(),
             client_id=client_id,
             group_id=None,
             enable_auto_commit=False,

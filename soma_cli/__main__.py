@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway_runtime.settings import CliSettings
+from soma_cli import automations
 from soma_cli.client import ApiError, Fatal, RequeueClient
 from soma_cli.commands import (
     DISCARD,
@@ -26,6 +27,7 @@ EPILOG = """examples:
   soma-gateway dlq replay --all --since 10m --stage persistence --dry-run
   soma-gateway dlq replay --all --since 10m --stage persistence --yes
   soma-gateway dlq discard 4711 4712
+  soma-gateway automation add nightly-digest --tenant acme --out digest.json
 """
 
 
@@ -104,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         _filter_flags(sub, status=False)
         sub.add_argument("--dry-run", action="store_true", help="show what would be done")
         sub.add_argument("--yes", action="store_true", help="do not ask before a bulk change")
+
+    automation = groups.add_parser(
+        "automation", help="Kafka credentials for automations: add, list, revoke"
+    )
+    automations.add_commands(automation)
     return parser
 
 
@@ -168,8 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _bulk_usage(parser, args)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return USAGE if exc.code not in (0, None) else 0
-    settings = CliSettings()
     console = Console(sys.stdout, sys.stderr, sys.stdin)
+    if args.group == "automation":  # the broker's side, not the REST API
+        return automations.main(args, console)
+    settings = CliSettings()
     try:
         with RequeueClient(
             getattr(args, "url", None) or settings.soma_gateway_url, _api_key(args, settings)

@@ -9,8 +9,10 @@ A sandbox holds, under one name (`<purpose>_<epoch>_<hex>`):
   with `own=("postgres",)`, a Postgres server of its own instead (initdb'ed in its state
   directory, the mesh's database named after the sandbox, OpenFGA's store in it too);
 - by default, its own Kafka namespace on the shared broker (topics, consumer groups and
-  every Redis key carry it; the topics are deleted on close); with `own=("kafka",)`, a
-  single-node KRaft broker of its own instead.
+  every Redis key carry it; the topics and the namespace's ACLs are deleted on close),
+  reached with the shared broker's credentials; with `own=("kafka",)`, a single-node
+  KRaft broker of its own instead, with SASL and ACLs like the shared one and its
+  credentials in the sandbox's directory (testbed/broker.py).
 Owned servers may be stopped, started again (same port, same data) and paused (SIGSTOP
 of their whole process tree): what outage tests need, with the shared servers untouched.
 Sandboxes that a killed run left behind are swept when a new one opens, after a day.
@@ -35,10 +37,11 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-from aiokafka.admin import AIOKafkaAdminClient
 
+from gateway_runtime.kafka import KafkaConnection
 from gateway_runtime.redis_keys import RedisKeys
 from gateway_runtime.settings import CommonSettings
+from testbed.broker import admin_login, drop_namespace_of
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +85,7 @@ class Sandbox:
     openfga_api_url: str
     opa_url: str
     infra_env: dict[str, str] = field(repr=False)
+    kafka_credentials_dir: Path = field(repr=False)
     own: frozenset[str] = frozenset()  # which of OWNABLE run as the sandbox's own servers
     _paused: set[str] = field(default_factory=set, init=False, repr=False)
 
@@ -92,6 +96,11 @@ class Sandbox:
     @property
     def keys(self) -> RedisKeys:
         return RedisKeys(self.name)
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """The broker's admin login (anonymous on a shared broker from before SASL)."""
+        return admin_login(self.base, self.kafka_bootstrap_servers, self.kafka_credentials_dir)
 
     @property
     def owned(self) -> tuple[str, ...]:
@@ -108,6 +117,7 @@ class Sandbox:
         return {
             "KAFKA_NAMESPACE": self.name,
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
+            "KAFKA_CREDENTIALS_DIR": str(self.kafka_credentials_dir),
             "POSTGRES_DSN": self.postgres_dsn,
             "REDIS_URL": self.redis_url,
             "OPENFGA_API_URL": self.openfga_api_url,
@@ -147,10 +157,14 @@ class Sandbox:
             infra_env.update(
                 POSTGRES_PORT=str(pg_port), POSTGRES_DSN=postgres_dsn, OPENFGA_DATABASE="openfga"
             )
-        kafka = base.kafka_bootstrap_servers
+        kafka, kafka_credentials = base.kafka_bootstrap_servers, base.kafka_credentials_path
         if "kafka" in owned:
-            kafka = f"127.0.0.1:{free_port()}"
-            infra_env.update(KAFKA_BOOTSTRAP_SERVERS=kafka, KAFKA_CONTROLLER_PORT=str(free_port()))
+            kafka, kafka_credentials = f"127.0.0.1:{free_port()}", work / "kafka-credentials"
+            infra_env.update(
+                KAFKA_BOOTSTRAP_SERVERS=kafka,
+                KAFKA_CONTROLLER_PORT=str(free_port()),
+                KAFKA_CREDENTIALS_DIR=str(kafka_credentials),
+            )
         sandbox = cls(
             name=name,
             dir=work,
@@ -161,6 +175,7 @@ class Sandbox:
             openfga_api_url=f"http://127.0.0.1:{fga_port}",
             opa_url=f"http://127.0.0.1:{opa_port}",
             infra_env=infra_env,
+            kafka_credentials_dir=kafka_credentials,
             own=owned,
         )
         await sweep_stale(base)
@@ -280,6 +295,8 @@ class Sandbox:
         shared = {c: c not in self.own for c in OWNABLE}
         await drop(self.base, self.name, databases=shared["postgres"], topics=shared["kafka"])
         shutil.rmtree(self.dir / "state", ignore_errors=True)
+        if "kafka" in self.own:  # the credentials of a broker that is gone
+            shutil.rmtree(self.kafka_credentials_dir, ignore_errors=True)
 
 
 def _databases(name: str) -> tuple[str, str]:
@@ -347,16 +364,8 @@ async def drop(
                 await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         finally:
             await conn.close()
-    if not topics:
-        return
-    admin = AIOKafkaAdminClient(bootstrap_servers=base.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if t.startswith(name + ".")]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
+    if topics:
+        await drop_namespace_of(base, name)
 
 
 async def sweep_stale(base: CommonSettings) -> None:

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway_runtime.kafka import KafkaConnection
 from gateway_runtime.settings import CommonSettings
 
 COMPONENTS = (
@@ -101,9 +102,9 @@ async def _redis_keys(url: str) -> frozenset[bytes]:
         await redis.aclose()
 
 
-async def _topic_ends(bootstrap: str, namespace: str) -> dict[str, Any]:
+async def _topic_ends(kafka: KafkaConnection, namespace: str) -> dict[str, Any]:
     """End offsets of the running stack's topics (the `<namespace>.` ones)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), request_timeout_ms=5000)
     try:
         await consumer.start()
     except Exception as exc:  # an unreachable broker is a state too
@@ -147,6 +148,8 @@ async def snapshot(settings: CommonSettings) -> StackSnapshot:
         pids=_pids(settings.soma_home / "state"),
         rows=await _rows(settings.postgres_dsn),
         redis_keys=await _redis_keys(settings.redis_url),
-        topic_ends=await _topic_ends(settings.kafka_bootstrap_servers, settings.kafka_namespace),
+        topic_ends=await _topic_ends(
+            KafkaConnection.from_settings(settings), settings.kafka_namespace
+        ),
         fga=await _fga(settings.openfga_api_url),
     )

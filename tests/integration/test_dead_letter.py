@@ -21,7 +21,7 @@ async def test_malformed_event_is_dead_lettered_and_the_next_one_is_processed(
     mesh: Mesh, client: httpx.AsyncClient
 ) -> None:
     topics = Topics.for_namespace(mesh.env["KAFKA_NAMESPACE"])
-    bootstrap = mesh.env["KAFKA_BOOTSTRAP_SERVERS"]
+    kafka = mesh.kafka.client_kwargs()
     session_id = f"s-{uuid.uuid4().hex}"
     key = session_id.encode()  # same key, so the same partition, right behind the poison
     good = TurnRequested(
@@ -39,13 +39,13 @@ async def test_malformed_event_is_dead_lettered_and_the_next_one_is_processed(
 
     dlq = AIOKafkaConsumer(
         topics.dead_letter.name,
-        bootstrap_servers=bootstrap,
+        **kafka,
         auto_offset_reset="earliest",
         group_id=None,
         enable_auto_commit=False,
     )
     await dlq.start()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    producer = AIOKafkaProducer(**kafka)
     await producer.start()
     try:
         sent = await producer.send_and_wait(

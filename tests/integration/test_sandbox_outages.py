@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from gateway_runtime.kafka import KafkaConnection
 from gateway_runtime.settings import CommonSettings
 from testbed.sandbox import Sandbox, open_sandbox
 
@@ -59,8 +60,8 @@ def _states(root: int) -> dict[int, str]:
     return {pid: table[pid][1] for pid in tree if pid in table}
 
 
-async def _topic(bootstrap: str, name: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _topic(kafka: KafkaConnection, name: str) -> None:
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
@@ -68,8 +69,8 @@ async def _topic(bootstrap: str, name: str) -> None:
         await admin.close()
 
 
-async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+async def _produce(kafka: KafkaConnection, topic: str, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all")
     await producer.start()
     try:
         for value in values:
@@ -78,11 +79,11 @@ async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
         await producer.stop()
 
 
-async def _consume(bootstrap: str, topic: str, count: int, timeout: float) -> list[bytes]:
+async def _consume(kafka: KafkaConnection, topic: str, count: int, timeout: float) -> list[bytes]:
     """The topic's first `count` values, from the beginning."""
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **kafka.client_kwargs(),
         auto_offset_reset="earliest",
         group_id=None,
         enable_auto_commit=False,
@@ -117,11 +118,11 @@ async def test_own_servers_serve_the_sandbox(owned: Sandbox, settings: CommonSet
         await fga.close()
 
     topic = f"{owned.name}.roundtrip"
-    await _topic(owned.kafka_bootstrap_servers, topic)
-    await _produce(owned.kafka_bootstrap_servers, topic, [b"one", b"two"])
-    assert await _consume(owned.kafka_bootstrap_servers, topic, 2, timeout=30) == [b"one", b"two"]
+    await _topic(owned.kafka, topic)
+    await _produce(owned.kafka, topic, [b"one", b"two"])
+    assert await _consume(owned.kafka, topic, 2, timeout=30) == [b"one", b"two"]
 
-    shared = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    shared = AIOKafkaAdminClient(**KafkaConnection.from_settings(settings).client_kwargs())
     await shared.start()
     try:
         assert topic not in await shared.list_topics()
@@ -171,7 +172,7 @@ async def test_paused_postgres_hangs_connections_until_resumed(owned: Sandbox) -
 
 
 async def test_paused_kafka_hangs_requests_until_resumed(owned: Sandbox) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=owned.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**owned.kafka.client_kwargs())
     await admin.start()  # connected before the pause, as a mesh's clients are
     try:
         await owned.pause("kafka")
@@ -214,8 +215,8 @@ async def test_stopped_postgres_starts_again_with_its_data(owned: Sandbox) -> No
 
 async def test_stopped_kafka_starts_again_with_its_topics_and_records(owned: Sandbox) -> None:
     topic = f"{owned.name}.durable"
-    await _topic(owned.kafka_bootstrap_servers, topic)
-    await _produce(owned.kafka_bootstrap_servers, topic, [b"a", b"b", b"c"])
+    await _topic(owned.kafka, topic)
+    await _produce(owned.kafka, topic, [b"a", b"b", b"c"])
     await owned.stop("kafka")
     host, _, port = owned.kafka_bootstrap_servers.rpartition(":")
     with pytest.raises(OSError):
@@ -223,13 +224,13 @@ async def test_stopped_kafka_starts_again_with_its_topics_and_records(owned: San
         writer.close()
     await owned.start("kafka")  # same port and data directory
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=owned.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(**owned.kafka.client_kwargs())
     await admin.start()
     try:
         assert topic in await admin.list_topics()
     finally:
         await admin.close()
-    assert await _consume(owned.kafka_bootstrap_servers, topic, 3, timeout=30) == [
+    assert await _consume(owned.kafka, topic, 3, timeout=30) == [
         b"a",
         b"b",
         b"c",
