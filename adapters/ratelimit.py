@@ -41,7 +41,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway_runtime.errors import DependencyUnavailable
-from gateway_runtime.ports import Tenant
+from gateway_runtime.ports import RateDecision, Tenant
 from gateway_runtime.postgres import PG_ERRORS
 from gateway_runtime.redis_gate import RedisGate
 from gateway_runtime.redis_keys import RedisKeys
@@ -129,14 +129,6 @@ for j = 2, #ARGV, 3 do
 end
 return added
 """
-
-
-@dataclass(frozen=True, slots=True)
-class RateDecision:
-    allowed: bool
-    limit: str = ""  # which one refused: rpm_per_key, rpm_per_tenant, tpm_per_key, ...
-    limit_value: int = 0
-    retry_after_s: float | None = None  # None: the request can never fit that limit
 
 
 ADMITTED = RateDecision(True)

@@ -9,12 +9,15 @@ the loop retries the same record with backoff: nothing is skipped.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
+import re
 
 from aiokafka.errors import KafkaError
 
-from adapters.dead_letters import DeadLetterStore
+from adapters.automations import AutomationRegistry
+from adapters.dead_letters import DeadLetterStore, NewDeadLetter
 from deadletter_index.records import dead_letter_of
 from gateway_runtime.errors import TRANSIENT, InvalidEvent
 from gateway_runtime.kafka import make_consumer
@@ -28,8 +31,26 @@ log = logging.getLogger(__name__)
 STAGE = "deadletter_index"  # also its consumer group's suffix
 
 
+@dataclasses.dataclass(frozen=True)
+class Owners:
+    """Whose dead letter it is. A record of an automation's inbound topic belongs to the
+    automation's tenant (none if no automation owns the topic: operators only), whatever
+    its `tenant` header says; the other topics only the mesh may write."""
+
+    registry: AutomationRegistry
+    turn_sources: re.Pattern[str]
+
+    async def of(self, letter: NewDeadLetter) -> NewDeadLetter:
+        source = letter.source_topic
+        if not self.turn_sources.match(source) or source.endswith(".turn.requested"):
+            return letter
+        automation = await self.registry.by_topic(source)
+        return dataclasses.replace(letter, tenant=automation.tenant if automation else None)
+
+
 async def _index(
     store: DeadLetterStore,
+    owners: Owners,
     record: ConsumedRecord,
     settings: DeadLetterIndexSettings,
     stop: asyncio.Event,
@@ -39,7 +60,7 @@ async def _index(
     delay = settings.retry_backoff_s
     while not stop.is_set():
         try:
-            if await store.index(letter):
+            if await store.index(await owners.of(letter)):
                 log.info(
                     "indexed a dead letter",
                     extra={"fields": {"stage": letter.stage, "event_id": letter.event_id}},
@@ -61,13 +82,15 @@ async def _index(
 async def main(settings: DeadLetterIndexSettings, stop: asyncio.Event) -> None:
     pool = await create_pool(settings, max_size=2)
     store = DeadLetterStore(pool)
+    topics = Topics.for_namespace(settings.kafka_namespace)
+    owners = Owners(AutomationRegistry(pool), re.compile(topics.turn_sources()))
     consumer = make_consumer(
-        settings.kafka_bootstrap_servers,
+        settings,
         group_id=f"{settings.kafka_namespace}.{STAGE}",
         client_id=f"{STAGE}-{os.getpid()}",
         fetch_max_wait_ms=500,  # dead letters are rare and need no millisecond latency
     )
-    consumer.subscribe([Topics.for_namespace(settings.kafka_namespace).dead_letter.name])
+    consumer.subscribe([topics.dead_letter.name])
     await consumer.start()
     try:
         log.info("dead-letter index started")
@@ -75,7 +98,7 @@ async def main(settings: DeadLetterIndexSettings, stop: asyncio.Event) -> None:
             batches = await consumer.getmany(timeout_ms=500)
             for tp, records in batches.items():
                 for record in records:
-                    if not await _index(store, record, settings, stop):
+                    if not await _index(store, owners, record, settings, stop):
                         return  # stopping: the rest is redelivered to the next member
                 try:
                     await consumer.commit({tp: records[-1].offset + 1})

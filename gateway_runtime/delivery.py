@@ -19,6 +19,7 @@ REPLAY_OF = "replay-of"
 REPLAY_COUNT = "replay-count"
 # Where the replayed dead letter's record failed: `<topic>/<partition>/<offset>`.
 REPLAY_SOURCE = "replay-source"
+REPLAY_HEADERS = frozenset((REPLAY_OF, REPLAY_COUNT, REPLAY_SOURCE))
 
 
 @dataclass(frozen=True, slots=True)

@@ -235,7 +235,12 @@ class StageLoop:
             delay = min(delay * 2, self._settings.retry_backoff_max_s)
 
     async def _tell_client(self, record: ConsumedRecord, error_type: str, message: str) -> None:
+        # Only the stage's input topic is written by the mesh alone: a record from an
+        # automation's inbound topic names a session the broker did not vouch for, and
+        # must not put an `error` event into someone else's stream.
         if self._notify_failure is None or not record.key:
+            return
+        if record.topic != self._handler.input_topic:
             return
         error = ErrorInfo(
             code="stage_failed",

@@ -67,15 +67,19 @@ async def serve_stage(
     stop: asyncio.Event,
     *,
     fanout: Fanout | None = None,
+    pattern: str | None = None,
 ) -> None:
     """Run `handler` as a member of the consumer group `<namespace>.<stage>` until `stop`;
-    with `fanout`, the client of a dead-lettered turn is told."""
+    with `fanout`, the client of a dead-lettered turn is told; with `pattern`, it consumes
+    every topic the regex matches instead of its input topic alone."""
     client_id = f"{settings.service_name}-{os.getpid()}"
-    producer = make_producer(settings.kafka_bootstrap_servers, client_id=client_id)
+    producer = make_producer(settings, client_id=client_id)
     consumer = make_consumer(
-        settings.kafka_bootstrap_servers,
+        settings,
         group_id=f"{settings.kafka_namespace}.{handler.stage}",
         client_id=client_id,
+        # a pattern's new topics are seen on a metadata refresh: soon, not in 5 minutes
+        metadata_max_age_ms=5000 if pattern else 300000,
     )
     loop = StageLoop(
         handler=handler,
@@ -86,12 +90,16 @@ async def serve_stage(
         dead_letter_topic=Topics.for_namespace(settings.kafka_namespace).dead_letter.name,
         notify_failure=fanout.publish_error if fanout else None,
     )
-    consumer.subscribe([handler.input_topic], listener=_DrainOnRevoke(loop))
+    if pattern:
+        consumer.subscribe(pattern=pattern, listener=_DrainOnRevoke(loop))
+    else:
+        consumer.subscribe([handler.input_topic], listener=_DrainOnRevoke(loop))
     await producer.start()
     try:
         await consumer.start()
         try:
-            log.info("stage started", extra={"fields": {"input": handler.input_topic}})
+            source = pattern or handler.input_topic
+            log.info("stage started", extra={"fields": {"input": source}})
             await loop.run(stop)
         finally:
             await consumer.stop()

@@ -6,6 +6,7 @@ otherwise (tests run a whole mesh in a namespace of their own beside a running o
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 
 
@@ -50,3 +51,22 @@ class Topics:
 
     def all(self) -> list[Topic]:
         return [getattr(self, f.name) for f in fields(self)]
+
+    def is_inbound(self, topic: str) -> bool:
+        """An automation's inbound topic of this namespace (outsiders write these)."""
+        namespace = self.requested.name.removesuffix(".turn.requested")
+        return topic.startswith(f"{namespace}.inbound.")
+
+    def turn_sources(self) -> str:
+        """The policy stage's input, as a regex: the requests topic and every automation's
+        inbound topic (a new automation's topic is picked up without a restart)."""
+        namespace = re.escape(self.requested.name.removesuffix(".turn.requested"))
+        return rf"^{namespace}\.(turn\.requested|inbound\.[a-z0-9][a-z0-9-]*)$"
+
+
+INBOUND_PARTITIONS = 12  # like the requests topic: an automation's turns spread as far
+
+
+def inbound_topic(namespace: str, automation: str) -> str:
+    """The one topic automation `automation` may write (its credentials allow no other)."""
+    return f"{namespace}.inbound.{automation}"

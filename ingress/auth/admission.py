@@ -1,8 +1,9 @@
 """What a turn must pass at the ingress before it is published: rate limits, session claim.
 
-Both answer synchronously (429 + Retry-After, 404), which is why they live here and not
-in the policy stage; budgets and fine-grained authorization are decided there, per turn,
-and reach the client as the turn's first `error` event (docs/security.md).
+They answer synchronously (429 + Retry-After, 404, 403 for a member of the session's
+tenant who may not write it), which is why they live here; budgets are decided in the
+policy stage, per turn, and reach the client as the turn's first `error` event, while the
+policy stage checks authorization again for every turn (docs/security.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from gateway_runtime.tokens import turn_estimate
 from ingress.auth.errors import Denied, not_found, unavailable
 from ingress.auth.principal import ANONYMOUS, Principal
 from ingress.auth.services import AuthServices, authz_unavailable
-from ingress.auth.sessions import SessionOfAnotherTenant
+from ingress.auth.sessions import MayNotWrite, SessionOfAnotherTenant
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,18 @@ class Admission:
                     retry_after=decision.retry_after_s if decision.retry_after_s else 60,
                 )
         sid = session_id or uuid.uuid4().hex
-        if self.principal is not ANONYMOUS:
+        if self.principal is ANONYMOUS:  # auth off: only sessions no key or token claimed
+            if session_id and not await self.services.anonymous.may_use(sid):
+                raise session_not_found(sid)
+        else:
             try:
                 await self.services.sessions.claim(self.principal, sid, persona_id)
             except SessionOfAnotherTenant as exc:
                 raise session_not_found(sid) from exc
+            except MayNotWrite as exc:
+                raise Denied(
+                    403, "forbidden", f"you may read session {sid!r} but not post to it"
+                ) from exc
             except AuthzUnavailable as exc:
                 raise authz_unavailable(exc) from exc
         return sid

@@ -8,26 +8,36 @@ row moves from `pending` to `replayed` in one conditional update, and the record
 queued in the ingress's outbox in the same transaction, so resolving twice (or two
 operators at once) replays once, and a 202 is never lost. A discard keeps the row, as
 `discarded`, for audit.
+
+What a dead letter says of its turn (its prompt: the original record, and the error
+message, which may quote it) is shown only to an operator of the dead letter's tenant
+(`operator` scope, same tenant; a dead letter without a tenant: any operator). Everyone
+else who may see the dead letter (a tenant admin, an operator of another tenant) sees
+its metadata: where and how it failed, its status, with `error_message` and `record`
+null. `GET /v1/requeue/{id}` carries the record (`{"event": ...}` decoded, or
+`{"raw": ...}` for a value that is no event of the mesh); lists never do.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel
 
-from adapters.dead_letters import DeadLetter, Filters, Status
-from gateway_runtime.delivery import REPLAY_COUNT, REPLAY_OF, REPLAY_SOURCE
+from adapters.dead_letters import DeadLetter, Filters, Status, StoredRecord
+from gateway_runtime.delivery import REPLAY_COUNT, REPLAY_HEADERS, REPLAY_OF, REPLAY_SOURCE
 from gateway_runtime.errors import DependencyUnavailable
 from gateway_runtime.postgres import PG_ERRORS
 from ingress.auth.errors import Denied, forbidden, not_found
+from ingress.auth.principal import Principal
 from ingress.deps import PrincipalDep, ResourcesDep
 from ingress.resources import Resources
 from schemas.codec import DecodeError, EncodedEvent, header
-from schemas.events import request_of
+from schemas.events import request_of, to_avro
+from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/requeue", tags=["requeue"])
@@ -44,7 +54,7 @@ class DeadLetterOut(BaseModel):
     source_partition: int
     source_offset: int
     error_type: str
-    error_message: str
+    error_message: str | None  # null unless the caller is an operator of its tenant
     attempts: int
     first_failed_at: datetime
     last_failed_at: datetime
@@ -56,13 +66,22 @@ class DeadLetterOut(BaseModel):
     discarded_at: datetime | None
     discarded_by: str | None
     indexed_at: datetime
+    # GET /v1/requeue/{id}, an operator of its tenant: the original record
+    record: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, letter: DeadLetter) -> DeadLetterOut:
-        fields = {f: getattr(letter, f) for f in cls.model_fields}
+    def of(cls, letter: DeadLetter, principal: Principal) -> DeadLetterOut:
+        fields = {f: getattr(letter, f) for f in cls.model_fields if f != "record"}
         fields["id"] = str(letter.id)
         fields["replay_of"] = str(letter.replay_of) if letter.replay_of else None
+        if not may_read_content(principal, letter):
+            fields["error_message"] = None
         return cls(**fields)
+
+
+def may_read_content(principal: Principal, letter: DeadLetter) -> bool:
+    """The turn's own words (record, error message): an operator of the letter's tenant."""
+    return principal.has("operator") and letter.tenant in (None, principal.tenant)
 
 
 class DeadLetterPage(BaseModel):
@@ -116,6 +135,7 @@ def _not_pending(letter: DeadLetter) -> Denied:
 async def list_dead_letters(
     res: ResourcesDep,
     scope: TenantScope,
+    principal: PrincipalDep,
     stage: Annotated[str | None, Query(max_length=64)] = None,
     error_type: Annotated[str | None, Query(max_length=128)] = None,
     tenant: Annotated[str | None, Query(max_length=64)] = None,
@@ -134,14 +154,30 @@ async def list_dead_letters(
     filters = Filters(stage, error_type, scope or tenant, session_id, status, since, until)
     items = await res.dead_letters.list(filters, after_id=int(cursor or 0), limit=limit)
     next_cursor = str(items[-1].id) if len(items) == limit else None
-    return DeadLetterPage(items=[DeadLetterOut.of(i) for i in items], next_cursor=next_cursor)
+    return DeadLetterPage(
+        items=[DeadLetterOut.of(i, principal) for i in items], next_cursor=next_cursor
+    )
 
 
 @router.get("/{letter_id}", response_model=DeadLetterOut, responses=DENIALS)
 async def show_dead_letter(
-    letter_id: IdPath, res: ResourcesDep, scope: TenantScope
+    letter_id: IdPath, res: ResourcesDep, scope: TenantScope, principal: PrincipalDep
 ) -> DeadLetterOut:
-    return DeadLetterOut.of(await _visible(res, letter_id, scope))
+    """One dead letter; with its original record for an operator of its tenant."""
+    letter = await _visible(res, letter_id, scope)
+    shown = DeadLetterOut.of(letter, principal)
+    if may_read_content(principal, letter) and not letter.value_omitted:
+        shown.record = _readable(res, await res.dead_letters.record(letter_id))
+    return shown
+
+
+def _readable(res: Resources, stored: StoredRecord) -> dict[str, Any]:
+    """The record as JSON: the mesh event it holds, or its bytes as text."""
+    try:
+        event = res.codec.decode(stored.value, stored.headers)
+    except DecodeError:
+        return {"raw": stored.value.decode("utf-8", "replace")}
+    return {"type": type(event).__name__, "event": to_avro(event)}
 
 
 async def _refuse_revoked_key(res: Resources, record: EncodedEvent) -> None:
@@ -165,7 +201,10 @@ async def _refuse_revoked_key(res: Resources, record: EncodedEvent) -> None:
 async def resolve_dead_letter(
     letter_id: IdPath, res: ResourcesDep, scope: TenantScope, principal: PrincipalDep
 ) -> DeadLetterOut:
-    """Replay: the original record goes back to its source topic, once."""
+    """Replay: the original record goes back to its source topic, once; a record from an
+    automation's inbound topic goes to the requests topic instead (which only the mesh
+    writes), naming its inbound coordinates in `replay-source`, so the policy stage knows
+    it is a replay the gateway made and whose turn it is."""
     letter = await _pending(res, letter_id, scope)
     if letter.value_omitted:
         raise Denied(
@@ -179,7 +218,7 @@ async def resolve_dead_letter(
     await _refuse_revoked_key(res, record)
     count = int(header(record.headers, REPLAY_COUNT) or "0") + 1
     source = f"{letter.source_topic}/{letter.source_partition}/{letter.source_offset}"
-    headers = [h for h in record.headers if h[0] not in (REPLAY_OF, REPLAY_COUNT, REPLAY_SOURCE)]
+    headers = [h for h in record.headers if h[0] not in REPLAY_HEADERS]
     headers += [
         (REPLAY_OF, str(letter_id).encode()),
         (REPLAY_COUNT, str(count).encode()),
@@ -194,7 +233,7 @@ async def resolve_dead_letter(
                 letter_id, "replayed", principal.subject, conn=conn
             )
             if marked is not None:
-                await res.outbox.put(conn, stored.topic, replay)
+                await res.outbox.put(conn, _replay_topic(res.topics, stored.topic), replay)
     except PG_ERRORS as exc:
         raise DependencyUnavailable(f"the replay could not be queued: {exc!r}") from exc
     if marked is None:  # resolved or discarded meanwhile, by someone else
@@ -204,7 +243,11 @@ async def resolve_dead_letter(
         "dead letter replayed",
         extra={"fields": {"dead_letter": letter_id, "by": principal.subject, "count": count}},
     )
-    return DeadLetterOut.of(marked)
+    return DeadLetterOut.of(marked, principal)
+
+
+def _replay_topic(topics: Topics, source: str) -> str:
+    return topics.requested.name if topics.is_inbound(source) else source
 
 
 @router.delete(
@@ -220,4 +263,4 @@ async def discard_dead_letter(
     marked = await res.dead_letters.mark(letter_id, "discarded", principal.subject)
     if marked is None:
         raise _not_pending(await _visible(res, letter_id, scope))
-    return DeadLetterOut.of(marked)
+    return DeadLetterOut.of(marked, principal)

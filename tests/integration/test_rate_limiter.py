@@ -10,10 +10,10 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from adapters.ratelimit import FLUSH_S, RateLimiter
 from gateway_runtime.ports import Tenant
 from gateway_runtime.postgres import migrate
 from gateway_runtime.redis_keys import RedisKeys
-from ingress.ratelimit import FLUSH_S, RateLimiter
 from testbed.sandbox import Sandbox
 
 NOWHERE = "redis://127.0.0.1:1/0"  # nothing listens: a Redis that is down

@@ -298,3 +298,14 @@ async def test_a_stop_finishes_in_flight_work_within_the_grace() -> None:
     asyncio.get_running_loop().call_soon(mesh.handler.gate("gate a1").set)
     await asyncio.wait_for(running, 5)
     assert mesh.committed() == 1
+
+
+async def test_a_dead_letter_from_an_outsiders_topic_tells_no_session(mesh: Mesh) -> None:
+    """A record of an automation's inbound topic names a session the broker did not vouch
+    for: its dead letter must not put an `error` event into that session's stream."""
+    event = TurnRequested(uuid.uuid4().hex, "victim", "poison", int(time.time() * 1000))
+    mesh.consumer.feed("t.inbound.bot", 0, CODEC.encode(event))
+    mesh.consumer.feed(IN, 0, CODEC.encode(event))
+    await until(lambda: mesh.committed() == 1 and mesh.consumer.committed("t.inbound.bot", 0) == 1)
+    assert len(mesh.out(DLQ)) == 2
+    assert [s for s, _, _ in mesh.told] == ["victim"], "told once: for the mesh's own record"
