@@ -813,7 +813,8 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
     )
     try:
         log.info("starting mesh %s (logs %s), open-files limit %s", namespace, log_dir, nofile)
-        await provision(env)
+        mesh.operator_key = await provision(env)
+        http.headers.update(mesh.operator_headers)  # /v1/health's details: operators only
         await start_mesh(mesh)
         for i, n in enumerate(levels):
             if n > max_clients:

@@ -5,7 +5,9 @@
 # dies within a second or so (logs in $SOMA_HOME/logs/<name>.log, the supervisor's own in
 # supervisor.log; each service's pid in $SOMA_HOME/state/<name>.pid while it runs).
 # `make up` uses the local profile: GATEWAY_REQUIRE_AUTH=false unless set, so a newcomer
-# can post a turn at once.
+# can post a turn at once; callers without credentials hold the `turns` scope only, and
+# operator work needs the bootstrap key (created here, printed by `make up`). With auth
+# off the ingress listens on loopback only (GATEWAY_HOST; it refuses anything else).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -26,7 +28,8 @@ start() {
   started=$EPOCHREALTIME
   (cd "$REPO_DIR" && "$PY" -m gateway_runtime.provision >>"$LOG_DIR/provision.log" 2>&1) ||
     fail_with_log provision "provisioning topics and migrations failed"
-  # The first admin key (idempotent): $SOMA_HOME/admin-key, mode 0600; `make up` prints it.
+  # The bootstrap key, scopes turns + admin + operator (idempotent): $SOMA_HOME/admin-key,
+  # mode 0600; `make up` prints it.
   (cd "$REPO_DIR" && "$PY" -m ingress.auth.bootstrap >/dev/null 2>>"$LOG_DIR/provision.log") ||
     fail_with_log provision "creating the bootstrap admin key failed"
   if ! is_running supervisor; then
@@ -56,7 +59,8 @@ start() {
   # The workers join their consumer groups a few seconds after the ingress answers.
   wait_ready supervisor 30 health_ok ||
     log "the gateway runs but is degraded: $(curl -sS "$HEALTH_URL" 2>&1 | head -c 2000)"
-  log "gateway up on http://127.0.0.1:$GATEWAY_PORT in $(elapsed "$started")s"
+  log "gateway up on http://127.0.0.1:$GATEWAY_PORT in $(elapsed "$started")s;" \
+    "operator key in $SOMA_HOME/admin-key"
 }
 
 stop() {

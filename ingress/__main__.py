@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 import uvicorn
+from pydantic import ValidationError
 
 from gateway_runtime.logs import configure_logging
 from gateway_runtime.settings import IngressSettings
@@ -10,7 +13,13 @@ from ingress.app import create_app
 
 
 def main() -> None:
-    settings = IngressSettings()
+    try:
+        settings = IngressSettings()
+    except ValidationError as exc:
+        # A refused configuration (auth off on a non-loopback address, JWT without an
+        # audience, ...) is a start-up error a person reads, not a traceback.
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        sys.exit(f"ingress: refusing to start: {problems}")
     configure_logging(settings.service_name, settings.log_level)
     uvicorn.run(
         create_app(settings),
@@ -19,6 +28,8 @@ def main() -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        # Refused while reading (close 1009), before a large frame is buffered whole.
+        ws_max_size=settings.ws_max_frame_bytes,
     )
 
 

@@ -12,6 +12,7 @@ from gateway_runtime.settings import IngressSettings
 from ingress.body_limit import BodyLimitMiddleware
 from ingress.deadline import AcceptDeadline
 from ingress.errors import install_error_handlers
+from ingress.host_check import HostCheckMiddleware
 from ingress.metrics import refresh_deployment_gauges
 from ingress.resources import open_resources
 from ingress.routes import (
@@ -41,6 +42,12 @@ def create_app(settings: IngressSettings | None = None) -> FastAPI:
     app = FastAPI(title="Soma Gateway", version="0.1.0", lifespan=lifespan)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AcceptDeadline, paths=TURN_PATHS, deadline_s=settings.turn_accept_deadline_s)
+    if settings.allowed_hosts is not None:  # outermost: a foreign Host reaches nothing else
+        app.add_middleware(
+            HostCheckMiddleware,
+            allowed=settings.allowed_hosts,
+            check_origin=not settings.gateway_require_auth,  # with auth off: Origin too
+        )
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(session.router)

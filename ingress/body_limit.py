@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ingress.json_errors import send_json_error
 
 
 class BodyLimitMiddleware:
@@ -45,22 +45,6 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, guarded_send)
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "detail": {
-                    "code": "body_too_large",
-                    "message": f"request body exceeds {self.max_bytes} bytes",
-                }
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+        await send_json_error(
+            send, 413, "body_too_large", f"request body exceeds {self.max_bytes} bytes"
         )
-        await send({"type": "http.response.body", "body": body})

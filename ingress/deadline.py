@@ -11,11 +11,12 @@ the deadline from the scope to share out what is left of it (ingress/outbox.py).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ingress.json_errors import send_json_error
 
 log = logging.getLogger(__name__)
 ACCEPT_DEADLINE = "accept_deadline"  # scope["state"] key: the time.monotonic() answer is due
@@ -50,31 +51,13 @@ class AcceptDeadline:
                 "a turn request missed its deadline: 503",
                 extra={"fields": {"path": scope["path"], "deadline_s": self.deadline_s}},
             )
-            await _unavailable(send, self.deadline_s)
-
-
-async def _unavailable(send: Send, deadline_s: float) -> None:
-    body = json.dumps(
-        {
-            "detail": {
-                "code": "accept_timeout",
-                "message": f"the turn could not be accepted within {deadline_s:g}s (Kafka, "
+            await send_json_error(
+                send,
+                503,
+                "accept_timeout",
+                f"the turn could not be accepted within {self.deadline_s:g}s (Kafka, "
                 "Postgres or authorization is not answering). It may still start if it "
                 "reached Kafka: retry after Retry-After seconds with the same "
                 "Idempotency-Key, which never starts a turn twice",
-                "retry_after_s": RETRY_AFTER_S,
-            }
-        }
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(RETRY_AFTER_S).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+                retry_after_s=RETRY_AFTER_S,
+            )

@@ -66,7 +66,7 @@ def bearer_credential(conn: HTTPConnection) -> str | None:
 
 async def current_principal(conn: HTTPConnection, res: ResourcesDep) -> Principal:
     """Who is calling. Credentials, when sent, are always checked (a revoked key is 401
-    even with auth off); with auth off a caller without any is the local anonymous admin."""
+    even with auth off); with auth off a caller without any is ANONYMOUS (`turns` only)."""
     credential = bearer_credential(conn)
     if credential is None and not res.settings.gateway_require_auth:
         return ANONYMOUS
@@ -74,7 +74,7 @@ async def current_principal(conn: HTTPConnection, res: ResourcesDep) -> Principa
         raise unauthenticated(
             "missing_credentials", "an API key or bearer token is required (Authorization: Bearer)"
         )
-    return await res.auth.authenticate(credential)
+    return await res.auth.authenticate(credential, conn.client.host if conn.client else "")
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
@@ -100,7 +100,9 @@ async def session_read_access(
     principal: TurnsPrincipal,
 ) -> Principal:
     """The caller, if OpenFGA says it may read the session (`can_read`); else 404."""
-    if principal is ANONYMOUS:  # auth off, no credentials: the local administrator
+    if principal is ANONYMOUS:  # auth off, no credentials: sessions nobody has claimed
+        if not await res.auth.anonymous.may_use(session_id):
+            raise session_not_found(session_id)
         return principal
     try:
         allowed = await res.auth.sessions.can_read(principal, session_id)

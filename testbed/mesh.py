@@ -8,6 +8,7 @@ fake OpenAI-compatible server of `bench/fake_upstream.py`, on loopback.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -17,10 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
-from aiokafka.admin import AIOKafkaAdminClient
 
+from gateway_runtime.kafka import KafkaConnection, make_admin
+from gateway_runtime.kafka_credentials import ADMIN
 from schemas.stages import STAGES as STAGE_LIST
 from testbed.sandbox import ROOT, Sandbox, free_port
 
@@ -48,10 +51,32 @@ class Mesh:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # Services run by the supervisor (`supervise`), which restarts them when they die.
     supervised: tuple[str, ...] = ()
+    # Extra environment of one process (e.g. the policy worker's METRICS_PORT in bench/).
+    env_of: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The bootstrap key `provision` returned (operator, admin, turns): what model profiles,
+    # keys, dead letters and the details of /v1/health need, auth on or off.
+    operator_key: str = ""
+
+    @property
+    def operator_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.operator_key}"} if self.operator_key else {}
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.env['GATEWAY_PORT']}"
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """The broker's admin login, from the mesh's credentials directory (for tests
+        that read or write the mesh's topics beside it)."""
+        servers = self.env["KAFKA_BOOTSTRAP_SERVERS"]
+        directory = self.env.get("KAFKA_CREDENTIALS_DIR")
+        if directory is None:
+            return KafkaConnection(servers)
+        protocol = self.env.get("KAFKA_SECURITY_PROTOCOL", "auto")
+        return KafkaConnection.for_principal(
+            servers, Path(directory), ADMIN, security_protocol=protocol
+        )
 
     @property
     def pid_dir(self) -> Path:
@@ -65,7 +90,7 @@ class Mesh:
             proc = subprocess.Popen(
                 [sys.executable, "-m", module or name, *args],
                 cwd=ROOT,
-                env=self.env,
+                env={**self.env, **self.env_of.get(name, {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -156,7 +181,7 @@ class Mesh:
     async def wait_group_members(self, stage: str, timeout: float = 60, count: int = 1) -> None:
         """Until the stage's consumer group is stable with `count` members or more."""
         group = f"{self.env['KAFKA_NAMESPACE']}.{stage}"
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.env["KAFKA_BOOTSTRAP_SERVERS"])
+        admin = make_admin(self.kafka, client_id="mesh-wait")
         await admin.start()
         try:
             deadline = time.monotonic() + timeout
@@ -188,6 +213,9 @@ def mesh_env(sandbox: Sandbox, fake_llm_url: str, **extra: str) -> dict[str, str
         DEFAULT_MODEL="openai/fake",
         DEPLOYMENT_MODE="local",
         DEFAULT_MODEL_BASE_URL=fake_llm_url,
+        # The fake upstream listens on loopback: its address and port are allow-listed,
+        # nothing else on the machine is (gateway_runtime/egress.py).
+        MODEL_EGRESS_ALLOW=json.dumps([urlsplit(fake_llm_url).netloc]),
         RETRY_BACKOFF_S="0.05",
         LLM_RETRY_BACKOFF_S="0.05",
         BREAKER_FAILURE_THRESHOLD="3",

@@ -57,7 +57,7 @@ async def mesh(fake_llm: str, sandbox: Sandbox) -> AsyncIterator[Mesh]:
     """A mesh with auth off (`make up`'s local profile), models on the fake upstream."""
     mesh = Mesh(env=mesh_env(sandbox, fake_llm + "/v1"), log_dir=sandbox.dir)
     try:
-        await provision(mesh.env)
+        mesh.operator_key = await provision(mesh.env)
         await start_mesh(mesh)
         yield mesh
     finally:
@@ -67,5 +67,15 @@ async def mesh(fake_llm: str, sandbox: Sandbox) -> AsyncIterator[Mesh]:
 
 @pytest.fixture
 async def client(mesh: Mesh) -> AsyncIterator[httpx.AsyncClient]:
+    """An anonymous client: turns and the sessions it starts, nothing more."""
     async with httpx.AsyncClient(base_url=mesh.base_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+async def mesh_operator(mesh: Mesh) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the auth-off mesh with its bootstrap (operator) key."""
+    async with httpx.AsyncClient(
+        base_url=mesh.base_url, timeout=30, headers=mesh.operator_headers
+    ) as client:
         yield client

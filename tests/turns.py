@@ -54,10 +54,12 @@ async def profile(
     fake_llm: str,
     fallbacks: list[str] | None = None,
 ) -> None:
-    """Point `role` (in the mesh's deployment mode) at a model of the fake upstream."""
+    """Point `role` (in the mesh's deployment mode) at a model of the fake upstream (as the
+    mesh's operator: profiles serve every tenant)."""
     r = await client.put(
         f"/v1/model-profiles/{role}/{mesh.env['DEPLOYMENT_MODE']}",
         json={"model": model, "base_url": fake_llm + "/v1", "fallbacks": fallbacks or []},
+        headers=mesh.operator_headers,
     )
     assert r.status_code == 200, r.text
 

@@ -1,4 +1,7 @@
-"""`python -m ingress.auth.bootstrap`: the first admin key, so a newcomer can start at once.
+"""`python -m ingress.auth.bootstrap`: the bootstrap key, the first operator of a new mesh.
+
+Callers without credentials hold `turns` only, even with auth off: keys, model profiles,
+dead letters and health details start from this key, which `make up` prints.
 
 Idempotent: the key kept in `$SOMA_HOME/admin-key` (mode 0600) is reused while it is
 valid (known, not revoked); otherwise a new one is created (tenant `default`, scopes

@@ -6,9 +6,11 @@ the key's tenant, scopes and state. A request's key is looked up by the key_id i
 secret names: first in Redis (`RedisKeys.api_key`, a short TTL), else in Postgres, and
 the hashes are compared in constant time.
 
-Revocation writes Postgres, then overwrites the Redis entry with a revoked one (no TTL
-race: fills use SET NX and never replace it), so every replica refuses the key from its
-next request. `last_used_at` is written at most once a minute per key.
+Revocation (ingress/revocation.py) writes Postgres, then overwrites the Redis entry with
+a revoked one (`cache_revoked`; no TTL race: fills use SET NX and never replace it), so
+every replica refuses the key from its next request; while that write fails it is
+retried, and replicas that cannot reach Redis read Postgres. `last_used_at` is written
+at most once a minute per key.
 
 While Redis is unavailable (the process's `RedisGate`), keys are looked up in Postgres
 alone and `last_used_at` is not written. A request waits on the cache at most
@@ -25,7 +27,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -155,29 +157,24 @@ class KeyStore:
             raise _unavailable(exc) from exc
         return _record(dict(row)) if row else None
 
-    async def revoke(self, key_id: str) -> KeyRecord | None:
-        """Revoke the key everywhere at once; None if there is no such key."""
+    async def cache_revoked(
+        self, key_id: str, sha256: bytes, tenant: str, scopes: Sequence[str]
+    ) -> None:
+        """Replace the key's cached copy with a revoked one (Postgres says revoked already).
+
+        Fills use NX, so a replica that read Postgres just before cannot undo this.
+        DependencyUnavailable when Redis does not take it: the caller retries, as a
+        replica's valid copy must not outlive the revocation.
+        """
+        if not self._gate.available():
+            raise DependencyUnavailable("key cache unavailable: redis is down")
+        entry = _entry(sha256, tenant, [*scopes], revoked=True)
         try:
-            row = await self._pool.fetchrow(
-                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"
-                f" WHERE key_id = $1 RETURNING {_COLUMNS}, secret_sha256",
-                key_id,
-            )
-        except _PG_ERRORS as exc:
-            raise _unavailable(exc) from exc
-        if row is None:
-            return None
-        entry = _entry(row["secret_sha256"], row["tenant"], list(row["scopes"]), revoked=True)
-        try:
-            # Replaces any cached copy; fills use NX so a stale read cannot undo this.
-            await self._redis.set(self._keys.api_key(key_id), entry, ex=REVOKED_TTL_S)
-        except RedisError as exc:
-            # Postgres says revoked; a replica's cached copy must not outlive it.
+            async with asyncio.timeout(self._wait_s):
+                await self._redis.set(self._keys.api_key(key_id), entry, ex=REVOKED_TTL_S)
+        except (RedisError, TimeoutError) as exc:
             self._gate.failed("api_key_cache", exc)
             raise _unavailable(exc) from exc
-        record = dict(row)
-        record.pop("secret_sha256")
-        return _record(record)
 
     async def authenticate(self, secret: str) -> Principal:
         match = SECRET_RE.match(secret)

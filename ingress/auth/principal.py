@@ -20,5 +20,9 @@ class Principal:
         return scope in self.scopes
 
 
-# With GATEWAY_REQUIRE_AUTH=false everyone is this local administrator.
-ANONYMOUS = Principal("anonymous", "default", frozenset(SCOPES))
+# With GATEWAY_REQUIRE_AUTH=false a caller without credentials is this principal: it may
+# post turns and follow the sessions no key or token has claimed, nothing more. Keys,
+# model profiles, dead letters and health details need a key (`make up` prints the
+# bootstrap operator key): a web page that reaches the loopback port through DNS
+# rebinding, or anyone else who reaches it, must not be an operator.
+ANONYMOUS = Principal("anonymous", "default", frozenset({"turns"}))

@@ -1,5 +1,11 @@
 """Health of the gateway, each component it depends on, and each stage's consumer group
-(ingress/consumer_groups.py): `degraded` while a stage has no live member."""
+(ingress/consumer_groups.py): `degraded` while a stage has no live member.
+
+Anyone may ask (load balancers, probes): the answer is then `{"status"}` alone, with the
+status code (503 when down). The details (components, their latencies and errors, the
+stages' consumer groups and their clients) describe the inside of the mesh, so they are
+for a caller with the `operator` scope only.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,9 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from starlette.requests import HTTPConnection
 
-from ingress.deps import ResourcesDep
+from ingress.deps import ResourcesDep, bearer_credential
 from ingress.resources import Resources
 
 router = APIRouter(tags=["health"])
@@ -83,12 +90,26 @@ async def health_report(res: Resources) -> tuple[int, dict[str, Any]]:
     return (503 if overall == "down" else 200), body
 
 
+async def _operator(conn: HTTPConnection, res: Resources) -> bool:
+    """Whether the caller may see the details: credentials sent are checked (bad ones are
+    401, as everywhere); none is fine, and gets the status alone."""
+    credential = bearer_credential(conn)
+    if credential is None:
+        return False
+    client = conn.client.host if conn.client else ""
+    return (await res.auth.authenticate(credential, client)).has("operator")
+
+
 @router.get("/v1/health")
-async def health(res: ResourcesDep) -> JSONResponse:
+async def health(request: HTTPConnection, res: ResourcesDep) -> JSONResponse:
+    """`{"status"}` for anyone; components and stages too for an operator."""
+    operator = await _operator(request, res)
     code, body = await health_report(res)
+    if not operator:
+        body = {"status": body["status"]}
     return JSONResponse(body, status_code=code)
 
 
 @router.get("/health", include_in_schema=False)
-async def health_alias(res: ResourcesDep) -> JSONResponse:
-    return await health(res)
+async def health_alias(request: HTTPConnection, res: ResourcesDep) -> JSONResponse:
+    return await health(request, res)

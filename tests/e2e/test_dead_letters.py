@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 import httpx
@@ -25,7 +25,7 @@ import pytest
 from testbed.sandbox import ROOT, Sandbox
 from tests.e2e.conftest import OutageMesh
 from tests.security.helpers import as_key, new_key
-from tests.sse import read_events
+from tests.sse import SseEvent, read_events
 from tests.turns import ends_turn, logged_events, wait_stored
 
 Outage = Literal["hung", "stopped"]
@@ -88,23 +88,23 @@ async def test_postgres_outage_dead_letter_then_replay_once(
     outage_client: httpx.AsyncClient,
     operator: httpx.AsyncClient,
 ) -> None:
-    session_id = f"pg-{outage}-{uuid.uuid4().hex[:8]}"
-    url = f"/v1/session/{session_id}/events"
     async with postgres_down(outage_mesh.sandbox, outage):
+        # A new session (no session_id) is accepted: nobody can own it yet.
         posted = time.monotonic()
-        r = await outage_client.post(
-            "/v1/session/message", json={"session_id": session_id, "message": "hello"}
-        )
+        r = await outage_client.post("/v1/session/message", json={"message": "hello"})
         answered_s = time.monotonic() - posted
         assert r.status_code == 202, r.text
         assert answered_s < 2.5, f"POST took {answered_s:.2f}s with Postgres {outage}"
-        turn_id = r.json()["event_id"]
-        async with asyncio.timeout(60):
-            failed = await read_events(outage_client, url, ends_turn(turn_id))
-        told_s = time.monotonic() - posted
-        assert failed[-1].type == "error", failed[-1]
-        assert failed[-1].data["data"]["code"] == "stage_failed", failed[-1]
-    print(f"postgres {outage}: POST {answered_s:.2f}s, client told in {told_s:.1f}s")
+        session_id, turn_id = r.json()["session_id"], r.json()["event_id"]
+        url = f"/v1/session/{session_id}/events"
+        # A named session may be a key's: without Postgres the anonymous caller neither
+        # reads nor posts to it (fail closed), so the outcome is read from the log itself.
+        await _refused_while_owners_unknown(outage_client, session_id)
+        told_s = await _logged_error(outage_mesh.sandbox, session_id, turn_id) - posted
+    print(f"postgres {outage}: POST {answered_s:.2f}s, turn failed in {told_s:.1f}s")
+    failed = await _read_once_back(outage_client, url, ends_turn(turn_id))
+    assert failed[-1].type == "error", failed[-1]
+    assert failed[-1].data["data"]["code"] == "stage_failed", failed[-1]
 
     letter = await listed(operator, session_id)
     assert letter["event_id"] == turn_id
@@ -148,6 +148,45 @@ async def test_postgres_outage_dead_letter_then_replay_once(
     ]
     assert len(finals) == 1, finals
     assert await wait_stored(outage_mesh.dsn, turn_id) == (1, 2)
+
+
+async def _refused_while_owners_unknown(client: httpx.AsyncClient, session_id: str) -> None:
+    """503 session_store_unavailable with Retry-After, for reading and for posting."""
+    async with client.stream("GET", f"/v1/session/{session_id}/events") as read:
+        assert read.status_code == 503, "read a named session while its owner is unknown"
+        await read.aread()  # (a granted stream never ends: read only a refusal)
+    posted = await client.post(
+        "/v1/session/message", json={"session_id": session_id, "message": "again"}
+    )
+    for r in (read, posted):
+        assert r.status_code == 503, r.text
+        assert r.json()["detail"]["code"] == "session_store_unavailable"
+        assert int(r.headers["Retry-After"]) > 0
+
+
+async def _read_once_back(
+    client: httpx.AsyncClient, url: str, until: Callable[[SseEvent], bool]
+) -> list[SseEvent]:
+    """The session's events, once the ingress can tell who owns it again (Postgres is
+    back, but its first answers may still fail: 503 session_store_unavailable)."""
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                return await read_events(client, url, until)
+            except httpx.HTTPStatusError as exc:
+                assert exc.response.status_code == 503, exc
+                await asyncio.sleep(0.2)
+
+
+async def _logged_error(sandbox: Sandbox, session_id: str, turn_id: str) -> float:
+    """When (time.monotonic()) the turn's `error` event is in the session's Redis log."""
+    async with asyncio.timeout(60):
+        while True:
+            for event in await logged_events(sandbox, session_id):
+                if event["turn_id"] == turn_id and event["type"] == "error":
+                    assert event["data"]["code"] == "stage_failed", event
+                    return time.monotonic()
+            await asyncio.sleep(0.1)
 
 
 async def test_a_keyed_post_answers_within_2s_while_postgres_hangs(

@@ -21,7 +21,7 @@ from tests.security.helpers import as_key, new_key
 
 
 async def _poison(outage_mesh: OutageMesh, session_id: str, tenant: str) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=outage_mesh.sandbox.kafka_bootstrap_servers)
+    producer = AIOKafkaProducer(**outage_mesh.sandbox.kafka.client_kwargs())
     await producer.start()
     try:
         await producer.send_and_wait(

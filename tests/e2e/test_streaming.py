@@ -45,7 +45,7 @@ async def test_sse_headers_and_keep_alive(mesh: Mesh) -> None:
 
 
 async def test_200_clients_one_subscription_each_gets_only_its_session(
-    client: httpx.AsyncClient, sandbox: Sandbox
+    client: httpx.AsyncClient, mesh: Mesh, sandbox: Sandbox
 ) -> None:
     redis = Redis.from_url(sandbox.redis_url)
     patterns_before = await redis.pubsub_numpat()
@@ -78,7 +78,7 @@ async def test_200_clients_one_subscription_each_gets_only_its_session(
         async with asyncio.timeout(30):
             for _ in listeners:
                 await ready.acquire()
-        health = (await many.get("/v1/health")).json()
+        health = (await many.get("/v1/health", headers=mesh.operator_headers)).json()
         assert health["components"]["fanout"]["clients"] >= 200
         assert await redis.pubsub_numpat() == patterns_before  # no subscription per client
         for session_id in sessions:
@@ -159,7 +159,9 @@ async def test_redis_stopped_during_a_turn_the_client_still_gets_the_final_answe
     final_text = events[-1].data["data"]["text"]
     assert final_text.count("tok") == 20
     async with asyncio.timeout(30):
-        while (await client.get("/v1/health")).json()["components"]["fanout"]["status"] != "ok":  # noqa: ASYNC110
+        while (await client.get("/v1/health", headers=mesh.operator_headers)).json()[  # noqa: ASYNC110
+            "components"
+        ]["fanout"]["status"] != "ok":
             await asyncio.sleep(0.1)
 
 
@@ -174,6 +176,7 @@ async def test_a_turn_with_the_real_local_model(
             "max_tokens": 32,
             "temperature": 0.2,
         },
+        headers=mesh.operator_headers,
     )
     assert r.status_code == 200, r.text
     events = await turn(client, "local")

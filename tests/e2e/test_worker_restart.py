@@ -63,7 +63,7 @@ async def supervised(settings: CommonSettings, fake_llm: str) -> AsyncIterator[S
         env = mesh_env(sandbox, fake_llm + "/v1", DEFAULT_MODEL="openai/fake:ok:50:20:100")
         mesh = Mesh(env=env, log_dir=sandbox.dir)
         try:
-            await provision(mesh.env)
+            mesh.operator_key = await provision(mesh.env)
             await start_mesh(mesh, workers=RUNNING, supervised=True)
             yield Supervised(mesh, sandbox, fake_llm)
         finally:
@@ -81,13 +81,18 @@ def all_ok(health: dict[str, Any]) -> bool:
 
 
 async def until_health(
-    client: httpx.AsyncClient, check: Callable[[dict[str, Any]], bool], timeout: float
+    client: httpx.AsyncClient,
+    mesh: Mesh,
+    check: Callable[[dict[str, Any]], bool],
+    timeout: float,
 ) -> dict[str, Any]:
-    """Polls /v1/health until `check` holds on its body (a failed request counts as no)."""
+    """Polls /v1/health (its details: as the mesh's operator) until `check` holds on its
+    body (a failed request counts as no)."""
     deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         try:
-            last = (await client.get("/v1/health", timeout=5)).json()
+            r = await client.get("/v1/health", timeout=5, headers=mesh.operator_headers)
+            last = r.json()
             if check(last):
                 return dict(last)
         except (httpx.HTTPError, ValueError, KeyError):
@@ -128,14 +133,14 @@ async def recover(
     def degraded(health: dict[str, Any]) -> bool:
         return health["status"] == "degraded" and health["stages"][stage]["status"] != "ok"
 
-    seen = await until_health(client, degraded, DEGRADED_WITHIN_S)
+    seen = await until_health(client, mesh, degraded, DEGRADED_WITHIN_S)
     degraded_s = time.monotonic() - killed_at
 
     def back(health: dict[str, Any]) -> bool:
         clients = health["stages"][stage]["clients"]
         return all_ok(health) and clients == [f"{worker}-{new_pid}"]
 
-    await until_health(client, back, OK_WITHIN_S)
+    await until_health(client, mesh, back, OK_WITHIN_S)
     return Recovery(
         restarted_s, degraded_s, seen["stages"][stage]["state"], time.monotonic() - killed_at
     )
@@ -148,7 +153,7 @@ async def test_killed_worker_restarts_health_degrades_then_recovers_turn_ends_on
     mesh, stage = supervised.mesh, STAGE_OF[worker]
     session_id = f"s-{uuid.uuid4().hex}"
     async with httpx.AsyncClient(base_url=mesh.base_url, timeout=30) as client:
-        await until_health(client, all_ok, OK_WITHIN_S)
+        await until_health(client, mesh, all_ok, OK_WITHIN_S)
         role = "dialogue"
         if stage == "tools":  # a turn that goes through the tool stage
             role = "calc"
@@ -196,9 +201,9 @@ async def test_killed_deadletter_index_restarts_and_indexes_the_letter_once(
     topics = Topics.for_namespace(mesh.env["KAFKA_NAMESPACE"])
     headers = [("schema", b"soma.events.TurnRequested"), ("event-id", event_id.encode())]
     async with httpx.AsyncClient(base_url=mesh.base_url, timeout=30) as client:
-        await until_health(client, all_ok, OK_WITHIN_S)
+        await until_health(client, mesh, all_ok, OK_WITHIN_S)
         killed_at, pid = time.monotonic(), mesh.kill("deadletter_index")
-        producer = AIOKafkaProducer(bootstrap_servers=mesh.env["KAFKA_BOOTSTRAP_SERVERS"])
+        producer = AIOKafkaProducer(**mesh.kafka.client_kwargs())
         await producer.start()
         try:
             await producer.send_and_wait(
@@ -229,11 +234,11 @@ async def dead_letter_rows(dsn: str, event_id: str) -> int:
 async def test_killed_ingress_restarts_and_takes_turns_again(supervised: Supervised) -> None:
     mesh = supervised.mesh
     async with httpx.AsyncClient(base_url=mesh.base_url, timeout=30) as client:
-        await until_health(client, all_ok, OK_WITHIN_S)
+        await until_health(client, mesh, all_ok, OK_WITHIN_S)
         killed_at, pid = time.monotonic(), mesh.kill("ingress")
         await mesh.wait_restarted("ingress", pid, timeout=RESTART_WITHIN_S)
         restarted_s = time.monotonic() - killed_at
-        await until_health(client, all_ok, OK_WITHIN_S)
+        await until_health(client, mesh, all_ok, OK_WITHIN_S)
         answering_s = time.monotonic() - killed_at
         session_id = f"s-{uuid.uuid4().hex}"
         turn_id = await post_turn(client, session_id, "dialogue")

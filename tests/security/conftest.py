@@ -48,8 +48,10 @@ tenants:
   beta-{run}:
     max_output_tokens: 20
   race-{run}:
-    tokens_per_day: 210
+    system_prompt: "Be brief."
+    tokens_per_day: 330
     max_output_tokens: 20
+    max_context_tokens: 1
   rate-{run}:
     rpm_per_key: 8
     rpm_per_tenant: 12
@@ -91,6 +93,7 @@ async def auth_mesh(fake_llm: str, auth_sandbox: Sandbox) -> AsyncIterator[AuthM
         OPENFGA_CACHE_TTL_S=str(OPENFGA_CACHE_TTL_S),
         JWT_HS256_SECRET=JWT_SECRET,
         JWT_AUDIENCE="soma-test",
+        JWT_SCOPE_MAP='{"soma:admin": ["admin"], "soma:turns": ["turns"]}',
         RETRY_ATTEMPTS="2",
     )
     admin_key = await provision(env)

@@ -120,5 +120,6 @@ async def test_jwt_bearer_tokens(auth_mesh: AuthMesh) -> None:
             r = await post_turn(client, None)
             assert r.status_code == 401, why
             assert r.json()["detail"]["code"] == "invalid_token", why
-    async with as_key(auth_mesh.mesh.base_url, _token(tenant=tenant, scope="admin")) as client:
+    admin_only = _token(tenant=tenant, scope="soma:admin")  # JWT_SCOPE_MAP: admin alone
+    async with as_key(auth_mesh.mesh.base_url, admin_only) as client:
         assert (await post_turn(client, None)).status_code == 403  # no `turns` scope

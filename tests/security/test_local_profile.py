@@ -1,6 +1,7 @@
-"""`make up`'s local profile (GATEWAY_REQUIRE_AUTH=false): callers without credentials are
-the local administrator, but credentials that are sent are still enforced, so a newcomer
-can try keys, tenant isolation and revocation on the default setup."""
+"""`make up`'s local profile (GATEWAY_REQUIRE_AUTH=false): callers without credentials may
+post turns (`turns` scope only; keys need the bootstrap operator key), and credentials
+that are sent are still enforced, so a newcomer can try keys, tenant isolation and
+revocation on the default setup."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from tests.security.helpers import as_key, first_of_turn, new_key, post_turn, tu
 
 
 async def test_sent_credentials_are_enforced_even_with_auth_off(
-    mesh: Mesh, client: httpx.AsyncClient
+    mesh: Mesh, client: httpx.AsyncClient, mesh_operator: httpx.AsyncClient
 ) -> None:
     assert mesh.env["GATEWAY_REQUIRE_AUTH"] == "false"
-    own = await new_key(client, "default")  # anonymous is the local operator
-    other = await new_key(client, "globex")
+    own = await new_key(mesh_operator, "default")  # the bootstrap key `make up` prints
+    other = await new_key(mesh_operator, "globex")
     session_id = f"local-{uuid.uuid4().hex}"
     async with (
         as_key(mesh.base_url, own["secret"]) as mine,
@@ -30,8 +31,10 @@ async def test_sent_credentials_are_enforced_even_with_auth_off(
         assert (await theirs.get(f"/v1/session/{session_id}/events")).status_code == 404
         assert (await post_turn(theirs, session_id, "x")).status_code == 404
 
-        assert (await client.delete(f"/v1/keys/{own['key_id']}")).status_code == 200
+        assert (await mesh_operator.delete(f"/v1/keys/{own['key_id']}")).status_code == 200
         r = await post_turn(mine, session_id, "after revocation")
         assert r.status_code == 401 and r.json()["detail"]["code"] == "key_revoked"
-    # without credentials: the anonymous local administrator, as before
+    # without credentials: turns, as before, but no key management
     assert (await post_turn(client, None, "anonymous")).status_code == 202
+    r = await client.post("/v1/keys", json={"label": "x"})
+    assert r.status_code == 403 and r.json()["detail"]["code"] == "insufficient_scope"
