@@ -9,6 +9,9 @@ Every decision is remembered with its time. While OpenFGA cannot be reached, a d
 younger than OPENFGA_CACHE_TTL_S is used again; past that the check fails closed with
 `AuthzUnavailable`. A reachable OpenFGA is always asked: a cached "yes" never outlives a
 revoked relation while the server is up.
+
+`delete_user` removes every relation of a user (a revoked key): it reads them, type by
+type of the store's model, and deletes what it finds until nothing is left.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from openfga_sdk.client.models.write_conflict_opts import (
 )
 from openfga_sdk.configuration import RetryParams
 from openfga_sdk.exceptions import ApiException, FgaValidationException
+from openfga_sdk.models.read_request_tuple_key import ReadRequestTupleKey
 
 from gateway_runtime.errors import AuthzUnavailable, PermanentError
 from gateway_runtime.settings import OpenFgaSettings
@@ -37,6 +41,8 @@ from gateway_runtime.settings import OpenFgaSettings
 log = logging.getLogger(__name__)
 
 Relation = tuple[str, str, str]  # (user, relation, object)
+READ_PAGE = 100  # OpenFGA's largest read page, and at most its default tuples per write
+MAX_PAGES = 1000  # a user with more relations than this is cleaned up by a later retry
 
 
 def fga_id(text: str) -> str:
@@ -99,6 +105,37 @@ class FgaAuthorizer:
         tuples = [ClientTuple(user=u, relation=r, object=o) for u, r, o in relations]
         conflict = ConflictOptions(on_missing_deletes=ClientWriteRequestOnMissingDeletes.IGNORE)
         await self._write(ClientWriteRequest(deletes=tuples), conflict)
+
+    async def delete_user(self, subject_user: str) -> int:
+        """Remove every relation whose user is `subject_user`; how many were removed.
+
+        AuthzUnavailable when OpenFGA does not answer (some may be removed already; a
+        retry removes the rest). Decisions cached for the user are forgotten.
+        """
+        removed = 0
+        try:
+            client = await self._connected()
+            latest = await client.read_latest_authorization_model()
+            model = latest.authorization_model
+            definitions = (model.type_definitions if model else None) or []
+            types = [t.type for t in definitions if t.relations]  # `user` has none
+            for object_type in types:
+                for _ in range(MAX_PAGES):
+                    # ReadRequestTupleKey's __init__ is unannotated in openfga-sdk.
+                    query = ReadRequestTupleKey(user=subject_user, object=f"{object_type}:")  # type: ignore[no-untyped-call]
+                    page = await client.read(query, {"page_size": READ_PAGE})
+                    found = [(t.key.user, t.key.relation, t.key.object) for t in page.tuples or []]
+                    if not found:
+                        break
+                    await self.delete(found)
+                    removed += len(found)
+        except FgaValidationException as exc:
+            raise PermanentError(f"invalid relation read for {subject_user}: {exc}") from exc
+        except _UNREACHABLE as exc:
+            raise AuthzUnavailable(f"openfga read failed: {_describe(exc)}") from exc
+        for key in [k for k in self._decisions if k[0] == subject_user]:
+            del self._decisions[key]
+        return removed
 
     async def _write(self, body: ClientWriteRequest, conflict: ConflictOptions) -> None:
         try:

@@ -7,6 +7,7 @@ the default namespace `soma` the names are those the mesh used before they moved
 
     <ns>:events:<session>                  a session's event log (stream), for resume
     <ns>:live:<session>                    a session's live channel (pub/sub)
+    <ns>:key-revoked                       revoked key ids, to every ingress (pub/sub)
     <ns>:turn-ended:<turn>                 events published at most once (their payload):
     <ns>:tool-call:<turn>:<round>            a turn's end, a round's calls, a call's result
     <ns>:tool-result:<turn>:<round>:<call>
@@ -47,6 +48,12 @@ class RedisKeys:
     @property
     def stream_pattern(self) -> str:
         return self.stream("*")
+
+    @property
+    def revocations(self) -> str:
+        """The channel a revoked key's id is published on; every ingress hub listens, so
+        the key's open streams end on every replica (ingress/revocation.py)."""
+        return f"{self.namespace}:key-revoked"
 
     # ---- events published once per turn (the fan-out keeps their payload) --------------
     def turn_ended(self, turn_id: str) -> str:

@@ -7,15 +7,25 @@ or the hub has no Redis subscription — live events are not passed on (the log 
 in order): the client polls the logs, with jittered backoff and a per-process cap on
 concurrent catch-ups, so an outage does not turn every client into a polling storm.
 The Postgres fallback log (where stages publish during a Redis outage) is read too.
+
+A resume point is accepted only in the forms the gateway issues (`valid_event_id`): a
+Redis stream id `<ms>-<seq>` (two unsigned 64-bit numbers) or `pg-<n>` (a bigint), in
+ASCII digits. (`str.isdigit` also accepts '²' and other Unicode digits, which Redis
+refuses and `int` may not parse: such an id would break the stream after its 200.)
+
+A stream given a lease (ingress/streams.py) ends as soon as the lease is closed: its
+queue gets `CLOSE`, and a catch-up read in progress is abandoned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import re
 import time
-from collections.abc import AsyncIterator
-from typing import cast
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -24,7 +34,8 @@ from gateway_runtime.errors import DependencyUnavailable
 from gateway_runtime.event_log import PG_ID_PREFIX, PostgresEventLog
 from gateway_runtime.redis_gate import RedisGate
 from gateway_runtime.redis_keys import RedisKeys
-from ingress.hub import RESYNC, FanoutHub, SessionEvent
+from ingress.hub import CLOSE, RESYNC, FanoutHub, SessionEvent
+from ingress.streams import StreamLease
 
 POLL_MIN_S = 0.5
 POLL_MAX_S = 5.0
@@ -36,11 +47,19 @@ def _order(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+_REDIS_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # [0-9]: ASCII only, unlike \d
+_PG_ID = re.compile(re.escape(PG_ID_PREFIX) + r"([0-9]{1,19})")
+_U64_MAX = 2**64 - 1
+_I64_MAX = 2**63 - 1
+
+
 def valid_event_id(value: str) -> bool:
-    if value.startswith(PG_ID_PREFIX):
-        return value[len(PG_ID_PREFIX) :].isdigit() and len(value) <= 30
-    ms, _, seq = value.partition("-")
-    return ms.isdigit() and seq.isdigit() and len(value) <= 40
+    """An id this gateway could have sent: `<ms>-<seq>` or `pg-<n>`, within range."""
+    if match := _PG_ID.fullmatch(value):
+        return int(match[1]) <= _I64_MAX
+    if match := _REDIS_ID.fullmatch(value):
+        return int(match[1]) <= _U64_MAX and int(match[2]) <= _U64_MAX
+    return False
 
 
 class _Cursor:
@@ -131,65 +150,126 @@ class SessionEvents:
         return fresh, complete
 
     async def follow(
-        self, session_id: str, after: str | None, keepalive_s: float
+        self,
+        session_id: str,
+        after: str | None,
+        keepalive_s: float,
+        lease: StreamLease | None = None,
     ) -> AsyncIterator[SessionEvent | None]:
         """Yield events after `after` (all retained ones if None); None = keep-alive tick.
+        `after` must be a `valid_event_id`. Ends when `lease` is closed.
 
         A tick comes every `keepalive_s` without an event whatever the logs do: a
         catch-up read that hangs on a hung Redis or Postgres (until its timeout) holds
         events back, never the keep-alives that tell the client and its proxies the
         stream is alive. (Only catch-ups run as tasks; live events cost none.)
         """
+        cursor = await self._cursor_after(after)
+        closed = lease.closed if lease is not None else asyncio.get_running_loop().create_future()
+        pace = _Pace(keepalive_s)
+        with self._hub.subscribe(session_id) as queue:
+            if lease is not None:
+                lease.attach(queue)
+            catch_up = True  # the log first, then live
+            while not closed.done():
+                if catch_up:
+                    reads = self._caught_up(session_id, cursor, pace, closed)
+                    async with contextlib.aclosing(reads):  # the client left: stop reading
+                        async for caught in reads:
+                            yield caught
+                    if closed.done():
+                        return
+                polling = pace.behind or not self._hub.connected
+                item = await pace.next_live(queue, polling)
+                if item is CLOSE:
+                    return
+                if item is not None and item is not RESYNC:
+                    if not pace.behind and not cursor.seen(item):
+                        # (behind: the log has it, the catch-up sends it in order)
+                        cursor.advance(item)
+                        pace.sent()
+                        yield item
+                    catch_up = False
+                    continue
+                catch_up = item is RESYNC or (polling and time.monotonic() >= pace.next_poll)
+                if pace.tick_due():
+                    pace.sent()
+                    yield None
+
+    async def _cursor_after(self, after: str | None) -> _Cursor:
         cursor = _Cursor()
         if after and after.startswith(PG_ID_PREFIX):
             cursor.pg_id = int(after[len(PG_ID_PREFIX) :])
             cursor.ts_ms = await self._fallback.ts_of(cursor.pg_id)
         elif after:
             cursor.redis_id = after
-        with self._hub.subscribe(session_id) as queue:
-            catch_up = True  # the log first, then live
-            behind = False
-            delay = POLL_MIN_S
-            next_poll = 0.0
-            last_sent = time.monotonic()
-            while True:
-                if catch_up:
-                    reading = asyncio.ensure_future(self._catch_up(session_id, cursor))
-                    try:
-                        while not reading.done():
-                            wait_s = last_sent + keepalive_s - time.monotonic()
-                            await asyncio.wait({reading}, timeout=max(wait_s, 0))
-                            if not reading.done():
-                                last_sent = time.monotonic()
-                                yield None
-                    finally:
-                        reading.cancel()  # the client left mid-read: stop reading
-                    fresh, complete = reading.result()
-                    behind, catch_up = not complete, False
-                    delay = POLL_MIN_S if fresh or complete else min(delay * 2, POLL_MAX_S)
-                    next_poll = time.monotonic() + delay * (0.5 + random.random())
-                    for event in fresh:
-                        last_sent = time.monotonic()
-                        yield event
-                polling = behind or not self._hub.connected
-                # Wake for whichever comes first: an event, the next poll, the next tick.
-                wake_at = last_sent + keepalive_s
-                if polling:
-                    wake_at = min(wake_at, next_poll)
-                item: SessionEvent | None = None
-                try:
-                    async with asyncio.timeout(max(wake_at - time.monotonic(), 0)):
-                        item = await queue.get()
-                except TimeoutError:
-                    pass
-                if item is not None and item is not RESYNC:
-                    if behind or cursor.seen(item):
-                        continue  # behind: the log has it, the catch-up sends it in order
-                    cursor.advance(item)
-                    last_sent = time.monotonic()
-                    yield item
-                    continue
-                catch_up = item is RESYNC or (polling and time.monotonic() >= next_poll)
-                if time.monotonic() - last_sent >= keepalive_s:
-                    last_sent = time.monotonic()
+        return cursor
+
+    async def _caught_up(
+        self, session_id: str, cursor: _Cursor, pace: _Pace, closed: asyncio.Future[Any]
+    ) -> AsyncGenerator[SessionEvent | None, None]:
+        """One catch-up read's fresh events, with keep-alive ticks while the read lasts;
+        it ends early, the read cancelled, once `closed` is done."""
+        reading = asyncio.ensure_future(self._catch_up(session_id, cursor))
+        try:
+            while not reading.done():
+                await asyncio.wait(
+                    {reading, closed},
+                    timeout=pace.until_tick(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if closed.done():
+                    return
+                if not reading.done():
+                    pace.sent()
                     yield None
+        finally:
+            reading.cancel()  # the client left mid-read: stop reading
+        fresh, complete = reading.result()
+        pace.read(fresh=bool(fresh), complete=complete)
+        for event in fresh:
+            if closed.done():
+                return
+            pace.sent()
+            yield event
+
+
+class _Pace:
+    """A follower's timing: when it last sent something (a tick is due `keepalive_s`
+    after), and while it is behind, when it polls the logs next (jittered backoff)."""
+
+    def __init__(self, keepalive_s: float) -> None:
+        self.keepalive_s = keepalive_s
+        self.last_sent = time.monotonic()
+        self.behind = False  # the last catch-up could not read a log
+        self.delay = POLL_MIN_S
+        self.next_poll = 0.0
+
+    def sent(self) -> None:
+        self.last_sent = time.monotonic()
+
+    def until_tick(self) -> float:
+        return max(self.last_sent + self.keepalive_s - time.monotonic(), 0)
+
+    def tick_due(self) -> bool:
+        return time.monotonic() - self.last_sent >= self.keepalive_s
+
+    def read(self, *, fresh: bool, complete: bool) -> None:
+        """A catch-up read ended: with events or not, both logs read or not."""
+        self.behind = not complete
+        self.delay = POLL_MIN_S if fresh or complete else min(self.delay * 2, POLL_MAX_S)
+        self.next_poll = time.monotonic() + self.delay * (0.5 + random.random())
+
+    async def next_live(
+        self, queue: asyncio.Queue[SessionEvent], polling: bool
+    ) -> SessionEvent | None:
+        """The hub's next item, or None when the next tick (or poll, if `polling`) is due
+        first."""
+        wake_at = self.last_sent + self.keepalive_s
+        if polling:
+            wake_at = min(wake_at, self.next_poll)
+        try:
+            async with asyncio.timeout(max(wake_at - time.monotonic(), 0)):
+                return await queue.get()
+        except TimeoutError:
+            return None

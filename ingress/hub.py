@@ -4,7 +4,12 @@ The hub pattern-subscribes to every session's live channel once; each message go
 the queues of the clients of that session on this process, and is dropped cheaply when
 there are none. A client that falls too far behind, and every client after a lost Redis
 connection (the hub reconnects with backoff), is told to re-read the durable log from its
-last event id (`RESYNC`).
+last event id (`RESYNC`). A client whose stream must end (its key was revoked) gets
+`CLOSE` (ingress/streams.py).
+
+The same subscription carries the revocation channel: a revoked key's id, published by
+whichever replica revoked it, is handed to `on_revoked` (ingress/revocation.py), which
+ends that key's streams on this replica.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -46,14 +51,23 @@ class SessionEvent:
 
 
 RESYNC = SessionEvent("", "", "")  # not an event: re-read the durable log
+CLOSE = SessionEvent("", "", "")  # not an event: the stream ends
 Item = SessionEvent
 
 
 class FanoutHub:
-    def __init__(self, redis: Redis, keys: RedisKeys, *, queue_size: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: RedisKeys,
+        *,
+        queue_size: int,
+        on_revoked: Callable[[str], None] | None = None,
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._queue_size = queue_size
+        self.on_revoked = on_revoked  # called with each key id the revocation channel names
         self._clients: dict[str, set[asyncio.Queue[Item]]] = {}
         self._task: asyncio.Task[None] | None = None
         self.connected = False
@@ -90,6 +104,7 @@ class FanoutHub:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(self._keys.live_pattern)
+                await pubsub.subscribe(self._keys.revocations)
                 if not self.connected:
                     self.connected = True
                     self._broadcast(RESYNC)  # anything published while away is in the log
@@ -97,6 +112,8 @@ class FanoutHub:
                 async for message in pubsub.listen():
                     if message["type"] == "pmessage":
                         self._deliver(message["channel"], message["data"])
+                    elif message["type"] == "message" and self.on_revoked is not None:
+                        self.on_revoked(message["data"].decode(errors="replace"))
             except (RedisError, OSError) as exc:
                 self.connected = False
                 log.warning("fan-out subscription lost (%r); retrying in %.1fs", exc, delay)

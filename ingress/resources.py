@@ -27,6 +27,8 @@ from ingress.fallback_watch import FallbackLogWatch
 from ingress.hub import FanoutHub
 from ingress.idempotency import IdempotencyKeys
 from ingress.outbox import TurnOutbox
+from ingress.revocation import KeyRevocations
+from ingress.streams import OpenStreams
 from schemas.codec import Codec
 from schemas.topics import Topics
 
@@ -50,30 +52,17 @@ class Resources:
     outbox: TurnOutbox
     idempotency: IdempotencyKeys
     groups: ConsumerGroups  # each stage's consumer group, for /v1/health
+    streams: OpenStreams  # the open SSE/WS streams, by principal (cap, revocation)
+    revocations: KeyRevocations
     # The capsule registry's client (routes/capsules.py); None when it is not configured.
     capsule_registry: httpx.AsyncClient | None = None
 
 
 @contextlib.asynccontextmanager
 async def open_resources(settings: IngressSettings) -> AsyncIterator[Resources]:
-    async with contextlib.AsyncExitStack() as stack:
-        producer = make_producer(settings.kafka_bootstrap_servers, client_id="ingress")
-        await producer.start()
-        stack.push_async_callback(producer.stop)
-        groups = await stack.enter_async_context(ConsumerGroups.open(settings))
-        redis = open_redis(settings, max_connections=256)
-        stack.push_async_callback(redis.aclose)
-        pool = await create_pool(settings, min_size=1, max_size=10)
-        stack.push_async_callback(pool.close)
-        http = await stack.enter_async_context(httpx.AsyncClient(timeout=10.0))
-        capsule_registry = None
-        if settings.capsule_registry_url:
-            capsule_registry = await stack.enter_async_context(
-                httpx.AsyncClient(
-                    base_url=settings.capsule_registry_url,
-                    timeout=settings.capsule_registry_timeout_s,
-                )
-            )
+    async with contextlib.AsyncExitStack() as stack:  # closed in the reverse order
+        clients = await _open_clients(stack, settings)
+        pool, redis = clients.pool, clients.redis
         keys = RedisKeys(settings.kafka_namespace)
         hub = FanoutHub(redis, keys, queue_size=settings.sse_client_queue)
         await hub.start()
@@ -86,20 +75,20 @@ async def open_resources(settings: IngressSettings) -> AsyncIterator[Resources]:
                 pool=pool,
                 redis=redis,
                 keys=keys,
-                http=http,
+                http=clients.http,
             )
         )
-        publisher = KafkaPublisher(producer)
-        outbox = TurnOutbox(pool, publisher, settings)
+        outbox = TurnOutbox(pool, clients.publisher, settings)
         await stack.enter_async_context(outbox.running())
+        streams, revocations = await _open_revocations(stack, settings, clients, keys, hub, auth)
         event_log = PostgresEventLog(pool)
         yield Resources(
             settings=settings,
             codec=Codec(),
-            publisher=publisher,
+            publisher=clients.publisher,
             redis=redis,
             pool=pool,
-            http=http,
+            http=clients.http,
             hub=hub,
             events=SessionEvents(redis, hub, event_log, keys),
             fanout=FanoutPublisher.from_settings(redis, settings, event_log),
@@ -110,6 +99,66 @@ async def open_resources(settings: IngressSettings) -> AsyncIterator[Resources]:
             dead_letters=DeadLetterStore(pool),
             outbox=outbox,
             idempotency=IdempotencyKeys(pool, settings.idempotency_ttl_s),
-            groups=groups,
-            capsule_registry=capsule_registry,
+            groups=clients.groups,
+            streams=streams,
+            revocations=revocations,
+            capsule_registry=clients.capsule_registry,
         )
+
+
+@dataclass
+class _Clients:
+    """The connections everything else is built on."""
+
+    publisher: KafkaPublisher
+    groups: ConsumerGroups
+    redis: Redis
+    pool: asyncpg.Pool
+    http: httpx.AsyncClient
+    capsule_registry: httpx.AsyncClient | None
+
+
+async def _open_clients(stack: contextlib.AsyncExitStack, settings: IngressSettings) -> _Clients:
+    producer = make_producer(settings, client_id="ingress")
+    await producer.start()
+    stack.push_async_callback(producer.stop)
+    groups = await stack.enter_async_context(ConsumerGroups.open(settings))
+    redis = open_redis(settings, max_connections=256)
+    stack.push_async_callback(redis.aclose)
+    pool = await create_pool(settings, min_size=1, max_size=10)
+    stack.push_async_callback(pool.close)
+    http = await stack.enter_async_context(httpx.AsyncClient(timeout=10.0))
+    capsule_registry = None
+    if settings.capsule_registry_url:
+        capsule_registry = await stack.enter_async_context(
+            httpx.AsyncClient(
+                base_url=settings.capsule_registry_url,
+                timeout=settings.capsule_registry_timeout_s,
+            )
+        )
+    return _Clients(KafkaPublisher(producer), groups, redis, pool, http, capsule_registry)
+
+
+async def _open_revocations(
+    stack: contextlib.AsyncExitStack,
+    settings: IngressSettings,
+    clients: _Clients,
+    keys: RedisKeys,
+    hub: FanoutHub,
+    auth: AuthServices,
+) -> tuple[OpenStreams, KeyRevocations]:
+    """The open streams, and the revocations that end them (on every replica: the hub
+    hears of each revocation) and finish their clean-up in the background."""
+    streams = OpenStreams(settings.max_streams_per_principal)
+    revocations = KeyRevocations(
+        settings,
+        pool=clients.pool,
+        redis=clients.redis,
+        keys=keys,
+        key_store=auth.keys,
+        authorizer=auth.authorizer,
+        streams=streams,
+    )
+    hub.on_revoked = revocations.revoked_elsewhere
+    await stack.enter_async_context(revocations.running())
+    return streams, revocations

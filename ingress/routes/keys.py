@@ -3,6 +3,11 @@
 Key management needs the `admin` scope and stays inside the caller's tenant; the
 `operator` scope (the bootstrap key) may manage keys of any configured tenant. A key of
 another tenant is answered as if it did not exist (404).
+
+Revoking bites at once (ingress/revocation.py): the key is refused from the next request
+on every replica, its open SSE and WebSocket streams end on every replica, and every
+OpenFGA relation naming it is removed; what could not be done at once (Redis or OpenFGA
+not answering) is retried in the background until it is, and the answer says so.
 """
 
 from __future__ import annotations
@@ -57,6 +62,13 @@ class KeyCreated(KeyOut):
     secret: str = Field(description="shown this once; only its hash is stored")
 
 
+class KeyRevoked(KeyOut):
+    cleanup_pending: bool = Field(
+        description="the key is revoked, but Redis or OpenFGA did not answer: its cached copy "
+        "or its OpenFGA relations are being replaced or removed in the background"
+    )
+
+
 DENIALS: dict[int | str, dict[str, str]] = {
     401: {"description": "missing, bad or revoked credentials"},
     403: {"description": "the caller lacks the admin (or operator) scope"},
@@ -73,16 +85,13 @@ def _target_tenant(principal: Principal, requested: str | None, res: Resources) 
     return tenant
 
 
-async def _grant(res: Resources, record: KeyRecord, *, revoke: bool = False) -> None:
+async def _grant(res: Resources, record: KeyRecord) -> None:
     """The key's place in OpenFGA: member of its tenant, admin too with the admin scope."""
     relations = [(openfga.user(record.subject), "member", openfga.tenant(record.tenant))]
     if "admin" in record.scopes:
         relations.append((openfga.user(record.subject), "admin", openfga.tenant(record.tenant)))
     try:
-        if revoke:
-            await res.auth.authorizer.delete(relations)
-        else:
-            await res.auth.authorizer.write(relations)
+        await res.auth.authorizer.write(relations)
     except AuthzUnavailable as exc:
         raise authz_unavailable(exc) from exc
 
@@ -113,16 +122,15 @@ async def list_keys(
     return [KeyOut.of(r) for r in await res.auth.keys.list(scope)]
 
 
-@router.delete("/{key_id}", response_model=KeyOut, responses=DENIALS)
-async def revoke_key(key_id: KeyIdPath, res: ResourcesDep, principal: AdminPrincipal) -> KeyOut:
-    """Revoke a key: every replica refuses it from its next request on."""
+@router.delete("/{key_id}", response_model=KeyRevoked, responses=DENIALS)
+async def revoke_key(key_id: KeyIdPath, res: ResourcesDep, principal: AdminPrincipal) -> KeyRevoked:
+    """Revoke a key: refused from the next request and its streams ended, on every replica;
+    its OpenFGA relations removed (`cleanup_pending`: still being retried)."""
     record = await res.auth.keys.get(key_id)
     if record is None or (record.tenant != principal.tenant and not principal.has("operator")):
         raise not_found("key_not_found", f"no key {key_id!r} that you may manage")
-    revoked = await res.auth.keys.revoke(key_id)
+    revoked = await res.revocations.revoke(key_id)
     assert revoked is not None  # keys are revoked, never deleted
-    try:
-        await _grant(res, revoked, revoke=True)
-    except Denied:
-        pass  # the key is refused already; stale relations of a dead key grant nothing
-    return KeyOut.of(revoked)
+    return KeyRevoked(
+        **KeyOut.of(revoked.record).model_dump(), cleanup_pending=revoked.cleanup_pending
+    )

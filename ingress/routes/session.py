@@ -1,13 +1,21 @@
-"""Session turns: post a message or an action, follow the session's events (SSE, WS)."""
+"""Session turns: post a message or an action, follow the session's events (SSE, WS).
+
+A stream holds a lease of its principal's (ingress/streams.py): one over the cap is 429
+`too_many_streams`, and a revocation of its key ends it with a last `error` event
+`key_revoked` (no id, so a client's Last-Event-ID stays on the last real event).
+
+The ingress writes nothing into a session's stream for a caller here: a refused turn is
+an HTTP status, and the policy stage writes a turn's `error` events.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ingress.auth.admission import Admission
@@ -16,6 +24,7 @@ from ingress.deps import AdmissionDep, ResourcesDep, SessionReadAccess
 from ingress.events import valid_event_id
 from ingress.idempotency import KEY_PATTERN
 from ingress.resources import Resources
+from ingress.streams import LeasedStreamingResponse, StreamLease
 from ingress.turns import NewTurn, start_turn
 
 router = APIRouter(prefix="/v1/session", tags=["session"])
@@ -165,35 +174,70 @@ async def post_action(
     return await _start(request, response, res, admission, turn, idempotency_key)
 
 
-@router.get("/{session_id}/events", response_class=StreamingResponse, responses=DENIALS)
+def invalid_last_event_id() -> HTTPException:
+    return HTTPException(
+        400,
+        detail={
+            "code": "invalid_last_event_id",
+            "message": "Last-Event-ID must be an id this stream sent: <ms>-<seq> or pg-<n>",
+        },
+    )
+
+
+def closing_event(session_id: str, reason: str) -> bytes:
+    """The last SSE event of a stream ended by the gateway (e.g. its key was revoked)."""
+    payload = {
+        "type": "error",
+        "session_id": session_id,
+        "turn_id": "",
+        "ts": int(time.time() * 1000),
+        "data": {
+            "code": reason,
+            "message": f"the gateway ended this stream: {reason}",
+            "retryable": False,
+        },
+    }
+    return f"event: error\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+STREAM_DENIALS: dict[int | str, dict[str, str]] = {
+    **{k: v for k, v in DENIALS.items() if k not in (422, 503)},
+    400: {"description": "a Last-Event-ID the gateway never issues"},
+    429: {"description": "the principal holds MAX_STREAMS_PER_PRINCIPAL streams here already"},
+    503: {"description": "authorization cannot be decided now; see Retry-After"},
+}
+
+
+@router.get(
+    "/{session_id}/events", response_class=LeasedStreamingResponse, responses=STREAM_DENIALS
+)
 async def session_events(
     session_id: SessionIdPath,
     res: ResourcesDep,
     principal: SessionReadAccess,
     last_event_id: Annotated[str | None, Header()] = None,
-) -> StreamingResponse:
+) -> LeasedStreamingResponse:
     """Server-sent events of the session: every retained event, or those after Last-Event-ID."""
     if last_event_id is not None and not valid_event_id(last_event_id):
-        raise HTTPException(
-            400,
-            detail={
-                "code": "invalid_last_event_id",
-                "message": "Last-Event-ID must be an id this stream sent",
-            },
-        )
+        raise invalid_last_event_id()
+    lease = res.streams.open(principal)  # the last step: the response gives it back
 
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream(lease: StreamLease) -> AsyncIterator[bytes]:
         yield b"retry: 2000\n\n"
         async for item in res.events.follow(
-            session_id, last_event_id, res.settings.sse_keepalive_s
+            session_id, last_event_id, res.settings.sse_keepalive_s, lease
         ):
             if item is None:
                 yield b": keep-alive\n\n"
             else:
                 yield item.sse
+        if lease.closed.done():
+            yield closing_event(session_id, lease.closed.result())
 
-    return StreamingResponse(
-        stream(),
+    return LeasedStreamingResponse(
+        stream(lease),
+        streams=res.streams,
+        lease=lease,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
