@@ -1,10 +1,13 @@
 """Tenant configuration from `conf/tenants.yaml`, reloaded when the file changes.
 
 Every limit is per tenant; 0 means unlimited. `tokens_per_day` is the daily token budget
-of each persona of the tenant (a persona without an override under `personas:` gets the
-tenant's value). Budgets are enforced by the policy stage (reserved before the LLM call,
+of the tenant's shared persona (`default`) and of each persona it declares under
+`personas:` (each may override it); a persona_id the tenant does not declare spends the
+shared budget. Budgets are enforced by the policy stage (reserved before the LLM call,
 settled by the persistence stage); RPM/TPM limits by the ingress, across all replicas.
-See docs/security.md for the whole scheme and conf/tenants.yaml for an example.
+A tenant the file does not name is not defaulted: `find` says so and the policy stage
+denies its turns. See docs/security.md for the whole scheme and conf/tenants.yaml for an
+example.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ _INT_FIELDS = (
     "tpm_per_key",
     "tpm_per_tenant",
     "max_output_tokens",
+    "max_context_tokens",
 )
 _LIST_FIELDS = ("models_allow", "models_deny", "tools_allow")
 
@@ -49,13 +53,32 @@ def parse_tenant(name: str, conf: dict[str, Any]) -> Tenant:
     for key in _LIST_FIELDS:
         if key in conf:
             values[key] = [str(p) for p in (conf.pop(key) or [])]
-    personas = conf.pop("personas", None) or {}
-    values["persona_tokens_per_day"] = {
-        str(p): int(pc["tokens_per_day"])
-        for p, pc in personas.items()
-        if isinstance(pc, dict) and "tokens_per_day" in pc
-    }
+    if values.get("max_output_tokens") == 0:
+        raise ValueError(f"tenant {name}: max_output_tokens must be >= 1 (it caps every call)")
+    personas = _personas(name, conf.pop("personas", None))
+    values["personas"] = frozenset(personas)
+    values["persona_tokens_per_day"] = {p: n for p, n in personas.items() if n is not None}
     return Tenant(name=name, extra=conf, **values)
+
+
+def _personas(name: str, raw: Any) -> dict[str, int | None]:
+    """Declared personas and their budget overrides: a list of names, or a mapping of
+    name to `{tokens_per_day: N}` (or nothing, for the tenant's `tokens_per_day`)."""
+    if raw is None:
+        return {}
+    if isinstance(raw, list):
+        return {str(p): None for p in raw}
+    if not isinstance(raw, dict):
+        raise ValueError(f"tenant {name}: personas must be a list or a mapping")
+    declared: dict[str, int | None] = {}
+    for persona, conf in raw.items():
+        if conf is not None and not isinstance(conf, dict):
+            raise ValueError(f"tenant {name}: personas.{persona} must be a mapping")
+        budget = (conf or {}).get("tokens_per_day")
+        if budget is not None and int(budget) < 0:
+            raise ValueError(f"tenant {name}: personas.{persona}.tokens_per_day must be >= 0")
+        declared[str(persona)] = None if budget is None else int(budget)
+    return declared
 
 
 class TenantDirectory:
@@ -67,10 +90,15 @@ class TenantDirectory:
         self._tenants: dict[str, Tenant] = {}
         self._reload_if_changed()
 
-    def get(self, name: str) -> Tenant:
-        """The tenant's configuration; an unknown tenant gets `default`'s limits."""
+    def find(self, name: str) -> Tenant | None:
+        """The tenant's configuration; None when the file does not name it."""
         self._reload_if_changed()
-        known = self._tenants.get(name)
+        return self._tenants.get(name)
+
+    def get(self, name: str) -> Tenant:
+        """The tenant's configuration; one the file does not name gets `default`'s limits
+        under its own name (see the `Tenants` port: never a reason to admit a turn)."""
+        known = self.find(name)
         if known is not None:
             return known
         fallback = self._tenants.get("default")
@@ -112,5 +140,10 @@ def _as_conf(tenant: Tenant) -> dict[str, Any]:
     conf: dict[str, Any] = {k: getattr(tenant, k) for k in (*_INT_FIELDS, *_LIST_FIELDS)}
     conf["system_prompt"] = tenant.system_prompt
     conf["fail_open"] = tenant.fail_open
-    conf["personas"] = {p: {"tokens_per_day": n} for p, n in tenant.persona_tokens_per_day.items()}
+    conf["personas"] = {
+        p: {"tokens_per_day": tenant.persona_tokens_per_day[p]}
+        if p in tenant.persona_tokens_per_day
+        else {}
+        for p in tenant.personas
+    }
     return {**tenant.extra, **conf}

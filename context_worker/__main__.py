@@ -7,11 +7,10 @@ import asyncio
 import httpx
 
 from adapters.memory import open_memory
-from adapters.profiles import CachedProfiles, ProfileStore
+from adapters.profiles import CachedProfiles, ProfileStore, default_profile
 from adapters.tenants import TenantDirectory
-from context_worker.handler import DEFAULT_ROLE, ContextHandler
+from context_worker.handler import ContextHandler
 from context_worker.transcript import PostgresTranscript
-from gateway_runtime.ports import StoredProfile
 from gateway_runtime.postgres import create_pool
 from gateway_runtime.settings import ContextSettings
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
@@ -20,15 +19,9 @@ from schemas.topics import Topics
 
 async def main(settings: ContextSettings, stop: asyncio.Event) -> None:
     pool = await create_pool(settings)
-    default = StoredProfile(
-        role=DEFAULT_ROLE,
-        deployment_mode=settings.deployment_mode,
-        model=settings.default_model,
-        base_url=settings.default_model_base_url or settings.local_llm_base_url,
-        temperature=settings.default_temperature,
-        max_tokens=settings.default_max_tokens,
+    profiles = CachedProfiles(
+        ProfileStore(pool), default_profile(settings), ttl_s=settings.profile_cache_ttl_s
     )
-    profiles = CachedProfiles(ProfileStore(pool), default, ttl_s=settings.profile_cache_ttl_s)
     await profiles.ensure_default()
     try:
         async with (

@@ -1,27 +1,47 @@
 """The context stage's logic: TurnAuthorized in, TurnContextualized out.
 
 Messages = the tenant's system prompt, memories recalled for the user's message, the
-session's transcript trimmed to fit the model's context window, then the user's message
-(or the action's prompt over the transcript). The model profile comes from the request's
-`model_role` metadata (default `dialogue`), with its fallbacks, less any model the
-tenant may not use; when none is left the turn ends here as failed (`model_not_allowed`).
+session's transcript, then the user's message (or the action's prompt over the
+transcript). Memories, then the newest transcript, fill only the room the policy stage
+reserved the turn's budget for (`gateway_runtime/tokens.py`: what CONTEXT_WINDOW_TOKENS
+leaves after the answer, at most the tenant's `max_context_tokens`). The model profile
+comes from the request's `model_role` metadata (default `dialogue`), with its fallbacks,
+less any model the tenant may not use; when none is left the turn ends here as failed
+(`model_not_allowed`). Every profile asks for at most the turn's output cap (the
+tenant's `max_output_tokens`, carried by `TurnAuthorized`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from context_worker.prompts import ACTION_PROMPTS
 from gateway_runtime.errors import InvalidEvent
-from gateway_runtime.ports import Fanout, Memory, Output, Profiles, Tenants, Transcript
-from gateway_runtime.tokens import estimate_tokens
+from gateway_runtime.ports import (
+    DEFAULT_ROLE,
+    Fanout,
+    Memory,
+    Output,
+    Profiles,
+    Tenant,
+    Tenants,
+    Transcript,
+)
+from gateway_runtime.tokens import (
+    MESSAGE_OVERHEAD_TOKENS,
+    context_room,
+    estimate_messages,
+    estimate_tokens,
+)
 from schemas.events import (
     ChatMessage,
     ErrorInfo,
     Event,
+    ModelProfile,
     TurnAuthorized,
     TurnCompleted,
     TurnContextualized,
@@ -29,22 +49,34 @@ from schemas.events import (
 )
 from schemas.topics import Topics
 
-DEFAULT_ROLE = "dialogue"
-
 
 async def _nothing() -> list[str]:
     return []
+
+
+MEMORY_HEADER = "\n\nWhat you remember of earlier conversations:\n"
+MEMORY_SEPARATOR = "\n---\n"
 
 
 def fit_history(history: list[ChatMessage], budget_tokens: int) -> list[ChatMessage]:
     """The newest messages whose estimated tokens fit the budget, oldest first."""
     kept: list[ChatMessage] = []
     for message in reversed(history):
-        budget_tokens -= estimate_tokens(message.content)
+        budget_tokens -= estimate_messages([message])
         if budget_tokens < 0:
             break
         kept.append(message)
     return kept[::-1]
+
+
+def fit_memories(memories: list[str], budget_tokens: int) -> list[str]:
+    """The first memories (best recalled first) whose block fits the budget."""
+    kept: list[str] = []
+    for memory in memories:
+        if estimate_tokens(MEMORY_HEADER + MEMORY_SEPARATOR.join([*kept, memory])) > budget_tokens:
+            break
+        kept.append(memory)
+    return kept
 
 
 @dataclass
@@ -71,44 +103,64 @@ class ContextHandler:
         if request.action is not None and request.action not in ACTION_PROMPTS:
             raise InvalidEvent(f"unknown action {request.action!r}")
         tenant = self.tenants.get(request.tenant)
+        # The cap the policy stage reserved for (0: a record from before it was carried).
+        cap = event.max_output_tokens or tenant.max_output_tokens
         user_text = ACTION_PROMPTS[request.action] if request.action else request.message
         role = request.metadata.get("model_role", DEFAULT_ROLE)
-        resolved = await self.profiles.resolve(role)
-        usable = [p for p in (resolved[0], *resolved[1]) if tenant.model_allowed(p.model)]
+        usable = await self._usable_profiles(role, tenant, cap)
         if not usable:
             return await self._refuse(event, role)
         primary, *fallbacks = usable
+        memories, history = await self._read(event, user_text)
+        # Memories, then the transcript, fill the room the policy stage reserved for.
+        fixed = estimate_tokens(tenant.system_prompt) + estimate_tokens(user_text)
+        room = context_room(
+            window=self.context_window_tokens,
+            max_context=tenant.max_context_tokens,
+            output=cap,
+            fixed=fixed + 2 * MESSAGE_OVERHEAD_TOKENS,
+        )
+        system_text = tenant.system_prompt
+        if memories := fit_memories(memories, room):
+            block = MEMORY_HEADER + MEMORY_SEPARATOR.join(memories)
+            system_text += block
+            room -= estimate_tokens(block)
+        system = ChatMessage("system", system_text)
+        messages = [system, *fit_history(history, room), ChatMessage("user", user_text)]
+        contextualized = TurnContextualized(
+            request=request,
+            principal=event.principal,
+            messages=messages,
+            profile=primary,
+            reserved_tokens=event.reserved_tokens,
+            fallbacks=fallbacks,
+            memories=memories,
+        )
+        return [Output(self.topics.contextualized.name, contextualized)]
+
+    async def _usable_profiles(self, role: str, tenant: Tenant, cap: int) -> list[ModelProfile]:
+        """The role's profile and fallbacks the tenant may use, each capped at `cap`."""
+        primary, fallbacks = await self.profiles.resolve(role)
+        return [
+            dataclasses.replace(p.to_event(), max_tokens=min(p.max_tokens, cap))
+            for p in (primary, *fallbacks)
+            if tenant.model_allowed(p.model)
+        ]
+
+    async def _read(
+        self, event: TurnAuthorized, user_text: str
+    ) -> tuple[list[str], list[ChatMessage]]:
+        """Memories recalled for the user's text (none for an action) and the transcript:
+        two independent reads, run concurrently, so the turn waits for the slower one."""
+        request = event.request
         recall = self.recall_limit and request.action is None
-        # Two independent reads: run them concurrently, the turn waits for the slower one.
         memories, history = await asyncio.gather(
             self.memory.recall(request.tenant, event.principal, user_text, self.recall_limit)
             if recall
             else _nothing(),
             self.transcript.recent(request.session_id, self.history_limit),
         )
-        system_text = tenant.system_prompt
-        if memories:
-            system_text += "\n\nWhat you remember of earlier conversations:\n" + "\n---\n".join(
-                memories
-            )
-        system = ChatMessage("system", system_text)
-        budget = (
-            self.context_window_tokens
-            - primary.max_tokens
-            - estimate_tokens(system.content)
-            - estimate_tokens(user_text)
-        )
-        messages = [system, *fit_history(history, budget), ChatMessage("user", user_text)]
-        contextualized = TurnContextualized(
-            request=request,
-            principal=event.principal,
-            messages=messages,
-            profile=primary.to_event(),
-            reserved_tokens=event.reserved_tokens,
-            fallbacks=[p.to_event() for p in fallbacks],
-            memories=memories,
-        )
-        return [Output(self.topics.contextualized.name, contextualized)]
+        return memories, history
 
     async def _refuse(self, event: TurnAuthorized, role: str) -> Sequence[Output]:
         request = event.request

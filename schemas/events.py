@@ -79,12 +79,13 @@ class TurnRequested:
 @dataclass(frozen=True, slots=True)
 class TurnAuthorized:
     SCHEMA: ClassVar[str] = "soma.events.TurnAuthorized"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     request: TurnRequested
     principal: str
     authorized_at_ms: int
     reserved_tokens: int = 0
+    max_output_tokens: int = 0  # the cap of every model call of the turn (0 = not set)
 
     @classmethod
     def from_avro(cls, d: dict[str, Any]) -> TurnAuthorized:

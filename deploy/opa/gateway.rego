@@ -3,16 +3,20 @@
 # Queried at POST /v1/data/soma/gateway/decision with
 #   input = {tenant: {name, fail_open}, principal, persona, model,
 #            usage:   {tokens_used, tokens_reserved, seconds_to_reset},
-#            limits:  {tokens_per_day, models_allow, models_deny, max_output_tokens},
-#            request: {kind, action, estimated_tokens}}
+#            limits:  {tokens_per_day, models_allow, models_deny, max_output_tokens,
+#                      max_context_tokens},
+#            request: {kind, action, estimated_tokens, model_calls, prompt_tokens}}
+# `estimated_tokens` is all the turn may spend, and what the policy stage reserves:
+# model_calls x (prompt_tokens + max_output_tokens) (gateway_runtime/tokens.py).
 # and answers {allow, reason, message, retry_after}: `reason` is a machine-readable code,
 # `message` tells a person what happened and what to do, `retry_after` is in seconds
 # (0 = retrying will not help). When several rules deny, the lowest `rank` wins, so the
 # answer is the same whatever order the rules are evaluated in.
 #
 # The budget rule decides from a snapshot of the counters. The policy stage then reserves
-# the tokens with an atomic Redis script that checks the same inequality, so concurrent
-# turns cannot overspend between this decision and the reservation (docs/security.md).
+# the tokens with one atomic Postgres statement that checks the same inequality, so
+# concurrent turns cannot overspend between this decision and the reservation
+# (docs/security.md).
 package soma.gateway
 
 default decision := {

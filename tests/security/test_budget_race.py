@@ -1,8 +1,10 @@
 """Budget race: 50 concurrent turns against a daily budget that admits exactly 10.
 
-Each turn is estimated at 21 tokens (a 2-character message, max_output_tokens 20) and the
-persona's budget is 210, so exactly 10 reservations fit. The fake model then uses 30
-tokens a turn (10 prompt + 20 completion), so settling never frees budget for a late turn.
+Each turn reserves 33 tokens (one model call: the system prompt "Be brief." 3 + the
+2-character message 1 + 2 messages' overhead 8 + max_context_tokens 1 in, max_output_tokens
+20 out; gateway_runtime/tokens.py) and the persona's budget is 330, so exactly 10
+reservations fit. The fake model then uses 30 tokens a turn (10 prompt + 20 completion),
+so settling never frees budget for a late turn (300 + 33 > 330).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ async def _records_reaching_llm(mesh: AuthMesh, turn_ids: set[str]) -> int:
     topic = Topics.for_namespace(mesh.mesh.env["KAFKA_NAMESPACE"]).contextualized.name
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=mesh.mesh.env["KAFKA_BOOTSTRAP_SERVERS"],
+        **mesh.mesh.kafka.client_kwargs(),
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,

@@ -40,7 +40,10 @@ from tests.security.helpers import (
 from tests.sse import SseEvent
 
 RPM = 6
-TURN_TOKENS = 30  # "go" estimates 1 + 29 (max_output_tokens); the fake model uses 10 + 20
+# "go" reserves 30: the system prompt 3 + the message 1 + 2 messages' overhead 8 +
+# max_context_tokens 1 in, max_output_tokens 17 out (gateway_runtime/tokens.py); the fake
+# model uses 10 + 20 (it streams its 20 tokens whatever max_tokens says).
+TURN_TOKENS = 30
 BUDGET_TURNS = 10
 
 
@@ -57,8 +60,10 @@ async def tenants(auth_mesh: AuthMesh) -> AsyncIterator[dict[str, str]]:
     doc = yaml.safe_load(before)
     doc["tenants"][names["rate"]] = {"rpm_per_key": RPM, "max_output_tokens": 20}
     doc["tenants"][names["budget"]] = {
+        "system_prompt": "Be brief.",
         "tokens_per_day": BUDGET_TURNS * TURN_TOKENS,
-        "max_output_tokens": TURN_TOKENS - 1,
+        "max_output_tokens": 17,
+        "max_context_tokens": 1,
     }
     _write(path, yaml.safe_dump(doc))
     try:

@@ -44,7 +44,8 @@ def test_limits_and_persona_budgets(directory: TenantDirectory) -> None:
     assert (acme.tokens_per_day, acme.tpm_per_tenant, acme.max_output_tokens) == (1000, 900, 64)
     assert acme.fail_open is True and acme.rpm_per_key == 0
     assert acme.budget_for("analyst") == 5000
-    assert acme.budget_for(None) == acme.budget_for("other") == 1000
+    assert acme.budget_persona(None) == acme.budget_persona("other") == "default"
+    assert acme.budget_for("default") == 1000
     assert acme.extra == {"custom": "kept"}
 
 
