@@ -78,7 +78,10 @@ return 1
 
 
 def deployment_name(profile: ModelProfile) -> str:
-    return f"{profile.model}@{profile.base_url or 'provider-default'}"
+    """A deployment is known by its profile's name, `role/deployment_mode`: that is what
+    breakers, statistics, metric labels and error messages show. Never its URL, which may
+    name internal hosts and is for admin and operator eyes only."""
+    return f"{profile.role}/{profile.deployment_mode}"
 
 
 @dataclass(frozen=True, slots=True)

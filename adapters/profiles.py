@@ -1,7 +1,10 @@
 """Model profiles in Postgres: read by the context stage, managed through the ingress.
 
 A profile names the model serving a role (`dialogue`, `summary`, ...) in a deployment
-mode (`local`, `prod`, ...), and the roles to fall back to, in order, when it fails.
+mode (`local`, `prod`, ...), and the roles to fall back to, in order, when it fails. Its
+`api_key_ref` names the provider secret its calls carry (llm_worker/credentials.py); its
+`kwargs` are generation arguments only (`PROVIDER_KWARGS`), so they cannot carry another
+endpoint, headers or credentials past the egress policy (gateway_runtime/egress.py).
 """
 
 from __future__ import annotations
@@ -12,12 +15,25 @@ import time
 import asyncpg
 
 from gateway_runtime.errors import DependencyUnavailable
-from gateway_runtime.ports import StoredProfile
+from gateway_runtime.ports import DEFAULT_ROLE, StoredProfile
+from gateway_runtime.settings import ProfileSettings
 
 _COLUMNS = (
     "role, deployment_mode, model, base_url, api_path, temperature, max_tokens, kwargs,"
-    " fallbacks, cost_per_1k_tokens"
+    " fallbacks, cost_per_1k_tokens, api_key_ref"
 )
+# The ref of LLM_API_KEY: the seeded default profile carries it (and migration 021 gives
+# it to the default profiles of databases upgraded across 019, so both end up the same).
+DEFAULT_SECRET_REF = "default"
+# What `kwargs` may hold: arguments about the generation. LiteLLM would also take
+# `api_base`, `base_url`, `api_key`, `extra_headers`, ... from them: never.
+PROVIDER_KWARGS = frozenset(
+    {
+        "top_p", "top_k", "min_p", "stop", "seed", "presence_penalty", "frequency_penalty",
+        "repetition_penalty", "logit_bias", "logprobs", "top_logprobs", "response_format",
+        "reasoning_effort", "parallel_tool_calls", "tool_choice", "user",
+    }
+)  # fmt: skip
 
 
 def _profile(row: asyncpg.Record) -> StoredProfile:
@@ -67,12 +83,12 @@ class ProfileStore:
             " api_path = EXCLUDED.api_path, temperature = EXCLUDED.temperature,"
             " max_tokens = EXCLUDED.max_tokens, kwargs = EXCLUDED.kwargs,"
             " fallbacks = EXCLUDED.fallbacks, cost_per_1k_tokens = EXCLUDED.cost_per_1k_tokens,"
-            " updated_at = now()"
+            " api_key_ref = EXCLUDED.api_key_ref, updated_at = now()"
         )
         try:
             result = await self._pool.fetchval(
                 f"INSERT INTO model_profiles ({_COLUMNS})"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11)"
                 f" ON CONFLICT (role, deployment_mode) {conflict} RETURNING true",
                 profile.role,
                 profile.deployment_mode,
@@ -84,6 +100,7 @@ class ProfileStore:
                 json.dumps(profile.kwargs),
                 profile.fallbacks,
                 profile.cost_per_1k_tokens,
+                profile.api_key_ref,
             )
         except (OSError, asyncpg.PostgresError) as exc:
             raise _translate(exc) from exc
@@ -136,3 +153,17 @@ class CachedProfiles:
             if found is not None and found.role != primary.role:
                 fallbacks.append(found)
         return primary, fallbacks
+
+
+def default_profile(settings: ProfileSettings) -> StoredProfile:
+    """The deployment mode's default profile (role `dialogue`) from the settings: what a
+    turn runs on until someone stores another."""
+    return StoredProfile(
+        role=DEFAULT_ROLE,
+        deployment_mode=settings.deployment_mode,
+        model=settings.default_model,
+        base_url=settings.default_model_base_url or settings.local_llm_base_url,
+        temperature=settings.default_temperature,
+        max_tokens=settings.default_max_tokens,
+        api_key_ref=DEFAULT_SECRET_REF,
+    )

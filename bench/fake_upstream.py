@@ -9,8 +9,14 @@ hang (first token never comes), tool (streamed requests offering the `calculator
 answered with a streamed call `calculator({"expression": "6*7"})`; once the messages hold
 a `tool` result, or when no such tool is offered, the answer is text: "The result is
 <the last tool result>").
+`"metered": true` (set through `POST /admin/mode`) makes the reported `prompt_tokens` what
+the request really sends (its messages and tools as JSON, 4 characters a token) instead of
+a flat 10, as a real upstream would bill it: for tests of budgets.
+Mode leak: a 500 whose body holds what an upstream must never have echoed to clients (a
+credential, an internal address, a 5,000-character trace), for the tests of issue 9.
 The last 2,000 chat requests are kept: `GET /admin/requests?contains=<text>` returns those
-whose body holds <text>, in arrival order, so a test can check what a model was sent.
+whose body holds <text>, in arrival order, so a test can check what a model was sent:
+`{"requests": [<body>...], "headers": [<its headers, names in lower case>...]}`.
 
     python -m bench.fake_upstream --port 18099 --ttft-ms 50 --tokens 20 --gap-ms 5
 """
@@ -34,6 +40,15 @@ class Behaviour:
     ttft_ms: float = 50.0
     tokens: int = 20
     gap_ms: float = 5.0
+    metered: bool = False
+
+
+def prompt_tokens(request: dict[str, Any], b: Behaviour) -> int:
+    """What the request's prompt is billed: a flat 10, or metered from what it sends."""
+    if not b.metered:
+        return 10
+    sent = json.dumps(request.get("messages") or []) + json.dumps(request.get("tools") or [])
+    return len(sent) // 4 + 1
 
 
 class FakeUpstream:
@@ -41,7 +56,7 @@ class FakeUpstream:
         self.default = default
         self.named: dict[str, Behaviour] = {}
         self.requests: dict[str, int] = {}
-        self.received: deque[tuple[str, dict[str, Any]]] = deque(maxlen=2000)
+        self.received: deque[tuple[str, dict[str, Any], dict[str, str]]] = deque(maxlen=2000)
 
     def behaviour_for(self, model: str) -> Behaviour:
         if model in self.named:
@@ -68,7 +83,7 @@ class FakeUpstream:
                     for k, _, v in (line.partition(":") for line in lines[1:] if line)
                 }
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
-                if not await self.route(method, path, body, writer):
+                if not await self.route(method, path, body, writer, headers):
                     break
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
@@ -77,7 +92,12 @@ class FakeUpstream:
                 writer.close()
 
     async def route(
-        self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        writer: asyncio.StreamWriter,
+        headers: dict[str, str] | None = None,
     ) -> bool:
         path, _, query = path.partition("?")
         if method == "GET" and path.endswith("/models"):
@@ -91,8 +111,12 @@ class FakeUpstream:
             )
         if method == "GET" and path == "/admin/requests":
             wanted = parse_qs(query).get("contains", [""])[0]
-            matching = [body for text, body in self.received if wanted in text]
-            return await self.send_json(writer, 200, {"requests": matching})
+            matching = [(body, sent) for text, body, sent in self.received if wanted in text]
+            return await self.send_json(
+                writer,
+                200,
+                {"requests": [b for b, _ in matching], "headers": [h for _, h in matching]},
+            )
         if method == "GET" and path == "/admin/stats":
             total = sum(self.requests.values())
             return await self.send_json(writer, 200, {"requests": total, "by_model": self.requests})
@@ -108,7 +132,7 @@ class FakeUpstream:
             request = json.loads(body or b"{}")
             model = str(request.get("model", ""))
             self.requests[model] = self.requests.get(model, 0) + 1
-            self.received.append((body.decode("utf-8", "replace"), request))
+            self.received.append((body.decode("utf-8", "replace"), request, headers or {}))
             return await self.complete(writer, request)
         return await self.send_json(writer, 404, {"error": {"message": f"no route {path}"}})
 
@@ -126,6 +150,10 @@ class FakeUpstream:
         b = self.behaviour_for(str(request.get("model", "")))
         if b.mode == "error_500":
             return await self.send_json(writer, 500, {"error": {"message": "fake upstream 500"}})
+        if b.mode == "leak":
+            secret = "Authorization: Bearer sk-upstream-canary-7f3a; db=postgres://admin:hunter2@10.0.0.5"
+            trace = {"message": "upstream exploded", "debug": secret, "trace": "x" * 5000}
+            return await self.send_json(writer, 500, {"error": trace})
         if b.mode == "error_429":
             return await self.send_json(writer, 429, {"error": {"message": "rate limited"}})
         if b.mode == "tool" and request.get("stream"):
@@ -149,9 +177,9 @@ class FakeUpstream:
                         }
                     ],
                     "usage": {
-                        "prompt_tokens": 10,
+                        "prompt_tokens": prompt_tokens(request, b),
                         "completion_tokens": b.tokens,
-                        "total_tokens": 10 + b.tokens,
+                        "total_tokens": prompt_tokens(request, b) + b.tokens,
                     },
                 },
             )
@@ -201,9 +229,9 @@ class FakeUpstream:
                 "model": "fake",
                 "choices": [],
                 "usage": {
-                    "prompt_tokens": 10,
+                    "prompt_tokens": prompt_tokens(request, b),
                     "completion_tokens": b.tokens,
-                    "total_tokens": 10 + b.tokens,
+                    "total_tokens": prompt_tokens(request, b) + b.tokens,
                 },
             },
         )
@@ -249,10 +277,11 @@ class FakeUpstream:
             self.chunk(writer, self.delta(created, delta, None))
             await writer.drain()
         self.chunk(writer, self.delta(created, {}, finish))
+        prompt = prompt_tokens(request, b)
         usage = {
-            "prompt_tokens": 10,
+            "prompt_tokens": prompt,
             "completion_tokens": len(deltas),
-            "total_tokens": 10 + len(deltas),
+            "total_tokens": prompt + len(deltas),
         }
         self.chunk(writer, {**self.delta(created, {}, None), "choices": [], "usage": usage})
         data = b"data: [DONE]\n\n"

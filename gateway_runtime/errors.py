@@ -9,7 +9,8 @@
     │   ├── InvalidEvent
     │   └── PublishRefused    the broker refuses a record for good (too large, ...)
     └── ProviderError         a model endpoint failed; the LLM stage tells the client
-        └── AllDeploymentsFailed
+        ├── AllDeploymentsFailed
+        └── EgressRefused     the endpoint is not one the gateway may reach (no call made)
 
 Adapters translate their library's exceptions into these with `raise ... from exc`.
 Only the ingress maps errors to HTTP; only the stage loop catches everything, and it
@@ -57,16 +58,47 @@ class PublishRefused(PermanentError):
 
 
 class ProviderError(GatewayError):
-    """The model endpoint failed (connect, HTTP error, stream cut); says which and how."""
+    """The model endpoint failed (connect, HTTP error, stream cut); says which and how.
 
-    def __init__(self, message: str, *, status: int | None = None, mid_stream: bool = False):
+    The message is for the logs (it may hold the URL and a piece of the upstream's answer);
+    `public` is what a client may be told: the upstream's status or a short phrase, never
+    its body or address. `retryable=False` stops the router's retries of the deployment.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        mid_stream: bool = False,
+        retryable: bool = True,
+        reason: str = "no answer",
+    ):
         super().__init__(message)
         self.status = status
         self.mid_stream = mid_stream
+        self.retryable = retryable
+        self.reason = reason
+
+    @property
+    def public(self) -> str:
+        return f"upstream status {self.status}" if self.status else self.reason
+
+
+class EgressRefused(ProviderError):
+    """A model endpoint the egress policy forbids (gateway_runtime/egress.py): a private,
+    loopback, link-local... address not allow-listed, or a malformed URL. `code` names
+    which for the API (`base_url_invalid`, `base_url_forbidden`, `base_url_unresolvable`)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message, retryable=False, reason="endpoint refused by the egress policy")
+        self.code = code
 
 
 class AllDeploymentsFailed(ProviderError):
-    """Every deployment of a turn (the profile, then its fallbacks) failed or was skipped."""
+    """Every deployment of a turn (the profile, then its fallbacks) failed or was skipped.
+
+    `attempts` are client-safe: the deployment's name and `public` of its failure."""
 
     def __init__(self, attempts: list[str], last: ProviderError | None) -> None:
         detail = "; ".join(attempts) or "no deployment configured"

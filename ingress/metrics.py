@@ -1,7 +1,9 @@
 """Ingress metrics, including the shared state of every model deployment.
 
 The breaker state and moving averages live in Redis (written by the LLM stage); they are
-read at scrape time, so any ingress replica shows the same picture.
+read at scrape time, so any ingress replica shows the same picture. A deployment is
+labelled with its profile's name (`role/deployment_mode`), never a URL; state kept under
+the URL-bearing names of earlier versions (until it expires, a day) is not shown.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ async def refresh_deployment_gauges(res: Resources) -> None:
     except DependencyUnavailable:
         return
     for state in states:
+        if "://" in state.name:
+            continue
         for name in BREAKER_STATES:
             BREAKER.labels(state.name, name).set(1 if state.breaker == name else 0)
         if state.ttft_ms is not None:

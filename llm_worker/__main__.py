@@ -7,7 +7,9 @@ import asyncio
 import httpx
 
 from adapters.deployments import DeploymentHealth
+from adapters.profiles import DEFAULT_SECRET_REF, ProfileStore
 from adapters.tenants import TenantDirectory
+from gateway_runtime.egress import EgressPolicy
 from gateway_runtime.ports import ChatModel
 from gateway_runtime.postgres import create_pool
 from gateway_runtime.redis_gate import RedisGate
@@ -15,6 +17,8 @@ from gateway_runtime.redis_keys import RedisKeys
 from gateway_runtime.settings import LLMSettings
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
 from llm_worker.attempts import TurnAttempts
+from llm_worker.credentials import Credentials, ProfileCredentials, SecretSource
+from llm_worker.guarded_http import guarded_client
 from llm_worker.handler import LLMHandler
 from llm_worker.openai_http import OpenAIHttpModel
 from llm_worker.router import ModelRouter
@@ -24,14 +28,33 @@ from schemas.tools import load_definitions
 from schemas.topics import Topics
 
 
-def build_model(settings: LLMSettings, http: httpx.AsyncClient) -> ChatModel:
-    lean = OpenAIHttpModel(http, api_key=settings.llm_api_key)
+def secret_source(settings: LLMSettings) -> SecretSource:
+    """MODEL_API_KEYS, LLM_API_KEY as the ref `default`, then $SOMA_HOME/secrets/<ref>."""
+    named = {ref: secret.get_secret_value() for ref, secret in settings.model_api_keys.items()}
+    if settings.llm_api_key is not None:
+        named.setdefault(DEFAULT_SECRET_REF, settings.llm_api_key.get_secret_value())
+    return SecretSource(settings.soma_home / "secrets", named)
+
+
+def build_model(
+    settings: LLMSettings,
+    http: httpx.AsyncClient,
+    credentials: Credentials,
+    policy: EgressPolicy,
+) -> ChatModel:
+    """The model port; `http` is the guarded client every model call goes through."""
+    lean = OpenAIHttpModel(http, credentials)
     if settings.llm_transport == "http":
         return lean
     from llm_worker.litellm_model import LiteLLMModel, load_litellm
 
     litellm = LiteLLMModel(
-        load_litellm(settings), api_key=settings.llm_api_key, timeout_s=settings.llm_timeout_s
+        load_litellm(settings),
+        credentials=credentials,
+        policy=policy,
+        http=http,
+        unguarded_providers=settings.model_unguarded_providers,
+        timeout_s=settings.llm_timeout_s,
     )
     return litellm if settings.llm_transport == "litellm" else AutoModel(lean, litellm)
 
@@ -40,10 +63,12 @@ async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
     timeout = httpx.Timeout(settings.llm_timeout_s, connect=5.0)
     limits = httpx.Limits(max_connections=settings.max_in_flight, max_keepalive_connections=64)
     keys = RedisKeys(settings.kafka_namespace)
+    policy = EgressPolicy(settings.egress_allow)
     pool = await create_pool(settings, max_size=4)
+    credentials = ProfileCredentials(ProfileStore(pool), secret_source(settings))
     try:
         async with (
-            httpx.AsyncClient(timeout=timeout, limits=limits) as http,
+            guarded_client(policy, timeout=timeout, limits=limits) as http,
             redis_client(settings) as redis,
         ):
             fanout = fanout_publisher(redis, settings, pool)
@@ -57,7 +82,7 @@ async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
                 gate=gate,
             )
             router = ModelRouter(
-                build_model(settings, http),
+                build_model(settings, http, credentials, policy),
                 health,
                 retries=settings.llm_retries,
                 backoff_s=settings.llm_retry_backoff_s,

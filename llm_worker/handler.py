@@ -10,6 +10,11 @@ error) is published once per turn whatever happens, and a rerun after it only re
 When the tenant allows tools, the model is offered them (see `tool_requests.py`); an
 answer that ends in tool calls goes to the tool dispatcher as `ToolRequested`, which puts
 the turn back here with the results, one tool round later.
+
+Every call keeps within the tokens the policy stage reserved for the turn
+(`allowance.py`): each deployment is asked for at most what is left after the earlier
+rounds and this prompt; a turn whose next call cannot fit ends as `turn_tokens_exhausted`.
+The usage of every round is added up in the turn's `TurnCompleted`, which settles it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any
 from gateway_runtime.errors import AllDeploymentsFailed, InvalidEvent, ProviderError
 from gateway_runtime.ports import Answering, Attempts, Fanout, Output, Router
 from gateway_runtime.redis_keys import RedisKeys
+from gateway_runtime.tokens import estimate_tokens
+from llm_worker.allowance import exhausted_error, plan_call, prompt_tokens
 from llm_worker.tool_requests import (
     ToolOffer,
     attempt_key,
@@ -30,25 +37,35 @@ from llm_worker.tool_requests import (
     tool_requested,
     total_usage,
 )
-from schemas.events import ErrorInfo, Event, ToolCall, TurnCompleted, TurnContextualized, Usage
+from schemas.events import (
+    ErrorInfo,
+    Event,
+    ModelProfile,
+    ToolCall,
+    TurnCompleted,
+    TurnContextualized,
+    Usage,
+)
 from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
 
 
 def provider_error_info(exc: ProviderError, tried_fallback: bool) -> ErrorInfo:
+    """What the client is told: which deployments failed and how (their profile names and
+    the upstreams' status), never an upstream's body or address (those are in the log)."""
     retry_after = 30.0 if exc.status in (429, 503) else 10.0
     if isinstance(exc, AllDeploymentsFailed):
         what = "no model deployment answered" + (
             " (fallbacks were tried)" if tried_fallback else " (no fallback is configured)"
         )
-        code = "llm_unavailable"
+        code, detail = "llm_unavailable", str(exc)  # the attempts, client-safe
     else:
         what = "the model failed in the middle of its answer; the partial answer is void"
-        code = "llm_stream_interrupted"
+        code, detail = "llm_stream_interrupted", exc.public
     return ErrorInfo(
         code=code,
-        message=f"{what}: {exc}. Retry the message in about {retry_after:.0f} s.",
+        message=f"{what}: {detail}. Retry the message in about {retry_after:.0f} s.",
         retryable=True,
         retry_after_s=retry_after,
     )
@@ -98,19 +115,25 @@ class LLMHandler:
                 "turn.retrying",
                 {"reason": "an earlier attempt was interrupted; discard its partial output"},
             )
-        tools = self.tools.for_turn(event) if self.tools else []
+        call = plan_call(event, self.tools.for_turn(event) if self.tools else [])
+        if call is None:
+            return [await self._failed(event, exhausted_error(event), event.prior_usage)]
+        tools = call.tools
         answer = _Answer(model=event.profile.model)
         try:
-            await self._stream(event, tools, answer)
+            await self._stream(event, call.profiles, tools, answer)
         except ProviderError as exc:
             log.warning("model failed: %s", exc)
             error = provider_error_info(exc, tried_fallback=bool(event.fallbacks))
-            await self.fanout.publish(
-                sid, tid, "error", asdict(error), once_key=self.keys.turn_ended(tid)
+            # A stream cut after its first tokens was still billed for them.
+            partial = answer.usage or (
+                _estimate_usage(event, tools, answer.text) if answer.parts else None
             )
-            usage = total_usage(event.prior_usage, answer.usage)
-            return [self._completed(event, "failed", "", usage, error, answer.model)]
-        usage = total_usage(event.prior_usage, answer.usage or _estimate_usage(event, answer.text))
+            usage = total_usage(event.prior_usage, partial)
+            return [await self._failed(event, error, usage, answer.model, exc.status)]
+        usage = total_usage(
+            event.prior_usage, answer.usage or _estimate_usage(event, tools, answer.text)
+        )
         if tools and answer.calls and answer.finish == "tool_calls":
             return [await self._request_tools(event, answer, usage)]
         await self.fanout.publish(
@@ -127,11 +150,27 @@ class LLMHandler:
         )
         return [self._completed(event, "completed", answer.text, usage, None, answer.model)]
 
+    async def _failed(
+        self,
+        event: TurnContextualized,
+        error: ErrorInfo,
+        usage: Usage | None,
+        model: str = "",
+        upstream_status: int | None = None,
+    ) -> Output:
+        sid, tid = event.request.session_id, event.request.event_id
+        data = {**asdict(error), "upstream_status": upstream_status}
+        await self.fanout.publish(sid, tid, "error", data, once_key=self.keys.turn_ended(tid))
+        return self._completed(event, "failed", "", usage, error, model or event.profile.model)
+
     async def _stream(
-        self, event: TurnContextualized, tools: list[dict[str, Any]], answer: _Answer
+        self,
+        event: TurnContextualized,
+        profiles: list[ModelProfile],
+        tools: list[dict[str, Any]],
+        answer: _Answer,
     ) -> None:
         sid, tid = event.request.session_id, event.request.event_id
-        profiles = [event.profile, *event.fallbacks]
         async for item in self.router.stream(profiles, event.messages, tools):
             if isinstance(item, Answering):
                 answer.model, answer.fallback = item.profile.model, item.fallback
@@ -171,7 +210,9 @@ class LLMHandler:
         if ended["type"] == "assistant.final":
             usage = Usage(**data["usage"])
             return self._completed(event, "completed", data["text"], usage, None, data["model"])
-        return self._completed(event, "failed", "", None, ErrorInfo(**data), event.profile.model)
+        error = ErrorInfo(**{k: v for k, v in data.items() if k in ErrorInfo.__dataclass_fields__})
+        # The earlier rounds' usage still counts (this round's, if any, is not known here).
+        return self._completed(event, "failed", "", event.prior_usage, error, event.profile.model)
 
     def _completed(
         self,
@@ -196,6 +237,6 @@ class LLMHandler:
         return Output(self.topics.completed.name, completed)
 
 
-def _estimate_usage(event: TurnContextualized, answer: str) -> Usage:
-    prompt = sum(len(m.content) for m in event.messages) // 4 + 1
-    return Usage(prompt_tokens=prompt, completion_tokens=len(answer) // 4 + 1)
+def _estimate_usage(event: TurnContextualized, tools: list[dict[str, Any]], answer: str) -> Usage:
+    """The call's usage when the upstream reports none: what it was sent and answered."""
+    return Usage(prompt_tokens(event, tools), estimate_tokens(answer))

@@ -1,4 +1,7 @@
-"""Prometheus metrics of the LLM stage (on its metrics port)."""
+"""Prometheus metrics of the LLM stage (on its metrics port).
+
+`deployment` is a profile's name, `role/deployment_mode` (adapters/deployments.py), never
+its URL: labels are read by whoever reads /metrics, who need not see internal hosts."""
 
 from __future__ import annotations
 

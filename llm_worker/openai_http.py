@@ -2,11 +2,17 @@
 
 Measured beside LiteLLM because LiteLLM's per-call CPU (~16 ms a streamed call here) is
 most of what stands between the LLM stage and the throughput target; see docs/benchmarks.md.
+
+The client it is given checks every connection against the egress policy
+(llm_worker/guarded_http.py); the Authorization header carries the profile's own secret
+(llm_worker/credentials.py), or nothing. An upstream's error body goes to the log, cut to
+`ERROR_BODY_LOGGED` bytes, and never into the error a client is shown.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,14 +20,18 @@ import httpx
 
 from gateway_runtime.errors import ProviderError
 from gateway_runtime.ports import Chunk, ToolSpecs
-from llm_worker.wire import ToolCallAccumulator, wire_messages
+from llm_worker.credentials import Credentials
+from llm_worker.wire import ToolCallAccumulator, provider_kwargs, wire_messages
 from schemas.events import ChatMessage, ModelProfile, Usage
+
+log = logging.getLogger(__name__)
+ERROR_BODY_LOGGED = 1000
 
 
 class OpenAIHttpModel:
-    def __init__(self, client: httpx.AsyncClient, *, api_key: str = "none") -> None:
+    def __init__(self, client: httpx.AsyncClient, credentials: Credentials | None = None) -> None:
         self._client = client
-        self._api_key = api_key
+        self._credentials = credentials
 
     async def stream(
         self, profile: ModelProfile, messages: list[ChatMessage], tools: ToolSpecs = ()
@@ -36,20 +46,20 @@ class OpenAIHttpModel:
             "stream_options": {"include_usage": True},
             "temperature": profile.temperature,
             "max_tokens": profile.max_tokens,
-            **json.loads(profile.kwargs_json or "{}"),
+            **provider_kwargs(profile),
         }
         if tools:
             body["tools"] = list(tools)
         calls = ToolCallAccumulator()
-        headers = {"Authorization": f"Bearer {self._api_key}"}
+        api_key = await self._credentials.api_key(profile) if self._credentials else None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         finished = received = False
         try:
             async with self._client.stream("POST", url, json=body, headers=headers) as response:
                 if response.status_code >= 400:
-                    detail = (await response.aread())[:300].decode("utf-8", "replace")
+                    await _log_error_body(profile, response)
                     raise ProviderError(
-                        f"{url} answered {response.status_code}: {detail}",
-                        status=response.status_code,
+                        f"{url} answered {response.status_code}", status=response.status_code
                     )
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
@@ -69,6 +79,21 @@ class OpenAIHttpModel:
             raise ProviderError(f"{url}: stream ended without a finish reason", mid_stream=True)
         if whole := calls.calls():
             yield Chunk(tool_calls=whole)
+
+
+async def _log_error_body(profile: ModelProfile, response: httpx.Response) -> None:
+    body = b""
+    async for part in response.aiter_bytes():
+        body += part
+        if len(body) >= ERROR_BODY_LOGGED:
+            break
+    log.warning(
+        "model %s/%s answered %s: %s",
+        profile.role,
+        profile.deployment_mode,
+        response.status_code,
+        body[:ERROR_BODY_LOGGED].decode("utf-8", "replace"),
+    )
 
 
 def _parse(data: str, calls: ToolCallAccumulator) -> Chunk:

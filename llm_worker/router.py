@@ -5,6 +5,10 @@ breaker is open is skipped; a failure before the first token is retried (`retrie
 with backoff, for errors worth retrying) and then falls through to the next deployment.
 A failure after the first token cannot be hidden by a fallback: it ends the turn as an
 error. Breaker state is shared by every LLM worker through Redis.
+
+What a failure was (the URL, the upstream's answer) goes to the log; what the turn's
+error says is client-safe: the deployment's profile name and the upstream's status or a
+short phrase (`ProviderError.public`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from schemas.events import ChatMessage, ModelProfile
 
 log = logging.getLogger(__name__)
 NOT_RETRYABLE = {400, 401, 403, 404, 422}
+LOGGED_DETAIL = 1000  # characters of a failure's detail in the log
 
 
 class ModelRouter:
@@ -64,11 +69,12 @@ class ModelRouter:
                         yield chunk
                 except ProviderError as exc:
                     last = exc
+                    log.warning("model call on %s failed: %s", name, str(exc)[:LOGGED_DETAIL])
                     await self._failed(name, exc)
                     if answered or exc.mid_stream:
                         raise
-                    attempts.append(f"{name}: {exc}")
-                    if exc.status in NOT_RETRYABLE or attempt == self._retries:
+                    attempts.append(f"{name}: {exc.public}")
+                    if not exc.retryable or exc.status in NOT_RETRYABLE or attempt == self._retries:
                         break
                     await asyncio.sleep(self._backoff_s * (2**attempt))
                     continue

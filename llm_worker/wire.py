@@ -11,7 +11,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.events import ChatMessage, ToolCall
+from adapters.profiles import PROVIDER_KWARGS
+from schemas.events import ChatMessage, ModelProfile, ToolCall
+
+
+def provider_kwargs(profile: ModelProfile) -> dict[str, Any]:
+    """The profile's generation arguments; anything else (a turn written to Kafka by hand,
+    a row from before the API checked them) is dropped, never sent: LiteLLM would take an
+    `api_base` or `extra_headers` from there past the egress policy."""
+    kwargs: dict[str, Any] = json.loads(profile.kwargs_json or "{}")
+    return {k: v for k, v in kwargs.items() if k in PROVIDER_KWARGS}
 
 
 def wire_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:

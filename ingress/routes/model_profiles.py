@@ -2,19 +2,30 @@
 
 Stored in Postgres; the context stage re-reads them within seconds, with no restart.
 Profiles serve every tenant, so changing them needs the `operator` scope; reading them
-needs `turns`.
+needs `turns`, and shows a `turns`-only caller the model and its generation settings but
+not where it is served, how it is authenticated or what else it is sent (`base_url`,
+`api_path`, `api_key_ref`, `kwargs`): those are for `admin` and `operator` keys. No one
+ever sees a secret: a profile holds only the name of one.
+
+A profile's `base_url` must pass the egress policy (gateway_runtime/egress.py), or the
+write is 422 with `base_url_invalid`, `base_url_forbidden` or `base_url_unresolvable`;
+`kwargs` may hold generation arguments only (`kwargs_not_allowed`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Response
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
+from adapters.profiles import PROVIDER_KWARGS
+from gateway_runtime.egress import EgressPolicy
+from gateway_runtime.errors import EgressRefused
 from gateway_runtime.ports import StoredProfile
-from ingress.deps import OperatorPrincipal, ResourcesDep, TurnsPrincipal
+from ingress.deps import OperatorPrincipal, Principal, ResourcesDep, TurnsPrincipal
 
 router = APIRouter(prefix="/v1/model-profiles", tags=["model-profiles"])
 
@@ -31,17 +42,28 @@ class ProfileBody(BaseModel):
         description="LiteLLM model name, e.g. "
         "openai/gpt-4o-mini or openai/<name> for an OpenAI-compatible server",
     )
-    base_url: HttpUrl | None = None
+    base_url: HttpUrl | None = Field(
+        None, description="a public http(s) address, or one MODEL_EGRESS_ALLOW lists"
+    )
     api_path: str | None = Field(None, pattern=r"^/[A-Za-z0-9._/-]{0,200}$")
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(256, ge=1, le=32_768)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="generation arguments: " + ", ".join(sorted(PROVIDER_KWARGS)),
+    )
     fallbacks: list[Annotated[str, Field(pattern=NAME)]] = Field(
         default_factory=list,
         max_length=5,
         description="roles of the same deployment mode to try, in order, when this one fails",
     )
     cost_per_1k_tokens: float | None = Field(None, ge=0)
+    api_key_ref: str | None = Field(
+        None,
+        pattern=NAME,
+        description="the name of the provider secret the calls carry (MODEL_API_KEYS or "
+        "$SOMA_HOME/secrets/<ref> of the LLM stage; `default` is LLM_API_KEY); none: no key",
+    )
 
 
 class ProfileIn(ProfileBody):
@@ -49,37 +71,79 @@ class ProfileIn(ProfileBody):
     deployment_mode: str = Field(pattern=NAME)
 
 
-class ProfileOut(ProfileIn):
-    pass
+class ProfileSummary(BaseModel):
+    """What a `turns` key sees of a profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: str
+    deployment_mode: str
+    model: str
+    temperature: float
+    max_tokens: int
+    fallbacks: list[str]
+    cost_per_1k_tokens: float | None
 
 
-def _stored(role: str, mode: str, body: ProfileBody) -> StoredProfile:
+class ProfileOut(ProfileSummary):
+    """What `admin` and `operator` keys see: also where and how the model is called."""
+
+    base_url: str | None
+    api_path: str | None
+    kwargs: dict[str, Any]
+    api_key_ref: str | None
+
+
+ProfileView = ProfileOut | ProfileSummary
+
+
+def _invalid(code: str, message: str) -> HTTPException:
+    return HTTPException(422, detail={"code": code, "message": message})
+
+
+@lru_cache(maxsize=4)
+def _policy(allow: tuple[str, ...]) -> EgressPolicy:
+    return EgressPolicy(allow)
+
+
+async def _stored(res: ResourcesDep, role: str, mode: str, body: ProfileBody) -> StoredProfile:
     if role in body.fallbacks:
-        raise HTTPException(
-            422,
-            detail={"code": "invalid_request", "message": "a profile cannot fall back to itself"},
+        raise _invalid("invalid_request", "a profile cannot fall back to itself")
+    unknown = sorted(set(body.kwargs) - PROVIDER_KWARGS)
+    if unknown:
+        raise _invalid(
+            "kwargs_not_allowed",
+            f"kwargs may hold generation arguments only, not {', '.join(unknown)}",
         )
     fields = body.model_dump(include=set(ProfileBody.model_fields))
     fields["base_url"] = str(body.base_url).rstrip("/") if body.base_url else None
+    if fields["base_url"]:
+        try:
+            await _policy(tuple(res.settings.egress_allow)).check_url(fields["base_url"])
+        except EgressRefused as exc:
+            raise _invalid(exc.code, str(exc)) from exc
     return StoredProfile(role=role, deployment_mode=mode, **fields)
 
 
-def _out(profile: StoredProfile) -> ProfileOut:
-    return ProfileOut.model_validate(dataclasses.asdict(profile))
+def _view(profile: StoredProfile, principal: Principal) -> ProfileView:
+    values = dataclasses.asdict(profile)
+    if principal.has("admin") or principal.has("operator"):
+        return ProfileOut.model_validate(values)
+    return ProfileSummary.model_validate({k: values[k] for k in ProfileSummary.model_fields})
 
 
-@router.get("", response_model=list[ProfileOut])
+@router.get("", response_model=list[ProfileView])
 async def list_profiles(
     res: ResourcesDep, principal: TurnsPrincipal, deployment_mode: str | None = None
-) -> list[ProfileOut]:
-    return [_out(p) for p in await res.profiles.list(deployment_mode)]
+) -> list[ProfileView]:
+    return [_view(p, principal) for p in await res.profiles.list(deployment_mode)]
 
 
 @router.post("", status_code=201, response_model=ProfileOut)
 async def create_profile(
     body: ProfileIn, res: ResourcesDep, principal: OperatorPrincipal
-) -> ProfileOut:
-    profile = _stored(body.role, body.deployment_mode, body)
+) -> ProfileView:
+    profile = await _stored(res, body.role, body.deployment_mode, body)
     if not await res.profiles.put(profile, create_only=True):
         raise HTTPException(
             409,
@@ -88,19 +152,19 @@ async def create_profile(
                 "message": f"profile {body.role}/{body.deployment_mode} exists; PUT replaces it",
             },
         )
-    return _out(profile)
+    return _view(profile, principal)
 
 
-@router.get("/{role}/{deployment_mode}", response_model=ProfileOut)
+@router.get("/{role}/{deployment_mode}", response_model=ProfileView)
 async def get_profile(
     role: Name, deployment_mode: Name, res: ResourcesDep, principal: TurnsPrincipal
-) -> ProfileOut:
+) -> ProfileView:
     profile = await res.profiles.get(role, deployment_mode)
     if profile is None:
         raise HTTPException(
             404, detail={"code": "not_found", "message": f"no profile {role}/{deployment_mode}"}
         )
-    return _out(profile)
+    return _view(profile, principal)
 
 
 @router.put("/{role}/{deployment_mode}", response_model=ProfileOut)
@@ -110,10 +174,10 @@ async def put_profile(
     body: ProfileBody,
     res: ResourcesDep,
     principal: OperatorPrincipal,
-) -> ProfileOut:
-    profile = _stored(role, deployment_mode, body)
+) -> ProfileView:
+    profile = await _stored(res, role, deployment_mode, body)
     await res.profiles.put(profile)
-    return _out(profile)
+    return _view(profile, principal)
 
 
 @router.delete("/{role}/{deployment_mode}", status_code=204)

@@ -105,7 +105,7 @@ async def test_breaker_opens_half_opens_and_closes_across_two_llm_workers(
     client: httpx.AsyncClient, mesh: Mesh, fake_llm: str
 ) -> None:
     name = "fake-breaker"
-    deployment = f"openai/{name}@{fake_llm}/v1"
+    deployment = f"brk/{mesh.env['DEPLOYMENT_MODE']}"  # the profile's name, never its URL
     await set_mode(fake_llm, name, "error_500")
     await profile(client, mesh, "brk", f"openai/{name}", fake_llm)
 

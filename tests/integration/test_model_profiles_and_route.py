@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from adapters.deployments import DeploymentHealth
@@ -12,13 +13,22 @@ from testbed.mesh import Mesh
 from testbed.sandbox import Sandbox
 
 
-async def test_profile_lifecycle_and_validation(client: httpx.AsyncClient, mesh: Mesh) -> None:
+@pytest.fixture
+def client(mesh_operator: httpx.AsyncClient) -> httpx.AsyncClient:
+    """Profiles serve every tenant, so changing them is an operator's: this module's
+    client holds the mesh's operator key (anonymous callers hold `turns` only)."""
+    return mesh_operator
+
+
+async def test_profile_lifecycle_and_validation(
+    client: httpx.AsyncClient, mesh: Mesh, fake_llm: str
+) -> None:
     mode = f"m{uuid.uuid4().hex[:8]}"
     body = {
         "role": "writer",
         "deployment_mode": mode,
         "model": "openai/gpt-4o-mini",
-        "base_url": "http://127.0.0.1:9/v1",
+        "base_url": fake_llm + "/v1",  # on loopback, allow-listed by the test mesh
         "temperature": 0.3,
         "kwargs": {"top_p": 0.9},
         "fallbacks": ["backup"],
@@ -52,7 +62,7 @@ async def test_profile_lifecycle_and_validation(client: httpx.AsyncClient, mesh:
 
 
 async def test_route_prefers_healthy_fast_cheap_and_skips_open_breakers(
-    client: httpx.AsyncClient, mesh: Mesh, sandbox: Sandbox
+    client: httpx.AsyncClient, mesh: Mesh, sandbox: Sandbox, fake_llm: str
 ) -> None:
     mode = f"r{uuid.uuid4().hex[:8]}"
     for role, cost in (("fast", 0.5), ("slow", 0.5), ("broken", 0.01)):
@@ -62,20 +72,19 @@ async def test_route_prefers_healthy_fast_cheap_and_skips_open_breakers(
                 "role": role,
                 "deployment_mode": mode,
                 "model": f"openai/{role}-{mode}",
-                "base_url": "http://127.0.0.1:9/v1",
+                "base_url": fake_llm + "/v1",
                 "cost_per_1k_tokens": cost,
             },
         )
         assert r.status_code == 201
     redis = Redis.from_url(sandbox.redis_url)
     health = DeploymentHealth(redis, sandbox.keys, threshold=2)
-    base = "@http://127.0.0.1:9/v1"
-    try:
+    try:  # a deployment is known by its profile's name, role/deployment_mode
         for _ in range(5):
-            await health.succeeded(f"openai/fast-{mode}{base}", 40.0)
-            await health.succeeded(f"openai/slow-{mode}{base}", 900.0)
+            await health.succeeded(f"fast/{mode}", 40.0)
+            await health.succeeded(f"slow/{mode}", 900.0)
         for _ in range(2):
-            await health.failed(f"openai/broken-{mode}{base}")
+            await health.failed(f"broken/{mode}")
     finally:
         await redis.aclose()
     candidates = [f"broken/{mode}", f"slow/{mode}", f"fast/{mode}"]
