@@ -33,9 +33,10 @@ from typing import Any
 import asyncpg
 
 from bench.load import Client, LoadRun, TurnResult, percentile, run_load, upstream_ttft
+from bench.stage_latency import StageWindow, scrape
 from gateway_runtime.settings import CommonSettings
 from testbed.mesh import ROOT, Mesh, mesh_env, provision, start_fake_upstream, start_mesh
-from testbed.sandbox import COMPONENTS, Sandbox
+from testbed.sandbox import COMPONENTS, Sandbox, free_port
 
 log = logging.getLogger("bench")
 
@@ -245,11 +246,18 @@ class Bench:
     plan: Plan
     prefix: str
     turn_ids: list[str]
+    policy_metrics_port: int
     runs: int = 0
 
     async def load(self, rate: float, duration_s: float) -> dict[str, Any]:
         """One open-loop run; its summary with the window's CPU charged per turn."""
         self.runs += 1
+        policy_before: dict[float, float] = {}
+
+        def window_start() -> None:
+            policy_before.update(scrape(self.policy_metrics_port, "policy"))
+            self.probe.start()
+
         run: LoadRun = await run_load(
             self.client,
             rate=rate,
@@ -258,9 +266,10 @@ class Bench:
             session_prefix=f"{self.prefix}-{self.runs}",
             timeout_s=self.plan.timeout_s,
             seed=self.runs,
-            on_window_start=self.probe.start,
+            on_window_start=window_start,
         )
         cpu = self.probe.stop()
+        policy = StageWindow(policy_before, scrape(self.policy_metrics_port, "policy"))
         self.turn_ids += [t.turn_id for t in run.turns if t.turn_id]
         summary = run.summary(self.upstream_ttft_ms, self.plan.p99_limit_ms)
         measured = max(1, len(run.measured))
@@ -270,6 +279,8 @@ class Bench:
             "cores_used": {k: v / 1000 / cpu["wall_s"] for k, v in cpu["cpu_ms"].items()},
         }
         summary["cpu"]["ms_per_turn_total"] = sum(summary["cpu"]["ms_per_turn"].values())
+        # The policy stage's own handling time (its checks), apart from the hops around it.
+        summary["policy_stage"] = policy.summary()
         # Everything the machine ran that is not ours (other jobs sharing the cores).
         summary["cpu"]["other_cores"] = max(
             0.0, (cpu["machine_busy_ms"] - sum(cpu["cpu_ms"].values())) / 1000 / cpu["wall_s"]
@@ -401,6 +412,12 @@ def render(report: dict[str, Any]) -> str:
                     f"{'yes' if r['sustained'] else 'NO'}"
                     + (f"  {r['error_kinds']}" if r["error_kinds"] else "")
                 )
+        for kind, r in rows:
+            p = r.get("policy_stage", {})
+            lines.append(
+                f"policy stage ({kind} {r['target_rate']:.0f}/s): p50 {_f(p.get('p50_ms'))} ms, "
+                f"p99 {_f(p.get('p99_ms'))} ms over {p.get('events', 0):.0f} events"
+            )
         if "throughput" in t:
             lines.append(
                 f"max sustained: {t['throughput']['max_sustained_rate']:.0f} turns/s "
@@ -454,7 +471,9 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
     scenarios = set(args.scenarios.split(","))
     transports = args.transports.split(",")
     started = time.monotonic()
-    sandbox = await Sandbox.open("bench", CommonSettings())
+    # --own-broker: a broker of the bench's own, so nothing else on the machine shares it
+    own = ("kafka",) if args.own_broker else ()
+    sandbox = await Sandbox.open("bench", CommonSettings(), own=own)
     log_dir = sandbox.dir
     report: dict[str, Any] = {
         "machine": machine_info(),
@@ -468,6 +487,8 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
     port = int(fake_url.rsplit(":", 1)[1])
     env = mesh_env(sandbox, fake_url + "/v1", LLM_TRANSPORT=transports[0], LOG_LEVEL=args.log_level)
     mesh = Mesh(env=env, log_dir=log_dir)
+    policy_metrics_port = free_port()
+    mesh.env_of["policy_worker"] = {"METRICS_PORT": str(policy_metrics_port)}
     turn_ids: list[str] = []
     client = Client("127.0.0.1", int(env["GATEWAY_PORT"]))
     try:
@@ -501,6 +522,7 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
             plan=plan,
             prefix=f"{sandbox.namespace}-s",
             turn_ids=turn_ids,
+            policy_metrics_port=policy_metrics_port,
         )
         for transport in transports:
             report["transports"].append(await run_transport(bench, transport, scenarios))
@@ -527,6 +549,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs (~2 minutes)")
     parser.add_argument("--scenarios", default="latency,throughput")
+    parser.add_argument(
+        "--own-broker", action="store_true", help="run a Kafka broker of the bench's own"
+    )
     parser.add_argument("--transports", default="http,litellm")
     parser.add_argument("--rate", type=float, help="latency scenario rate (turns/s)")
     parser.add_argument("--rates", help="throughput steps, comma-separated turns/s")

@@ -10,6 +10,7 @@ Plain values that cross the ports are defined here too.
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -124,6 +125,7 @@ class Fanout(Protocol):
 # ---- tenants and model profiles ------------------------------------------------------------
 
 DEFAULT_PERSONA = "default"
+DEFAULT_ROLE = "dialogue"  # the model role of a turn that names none (`model_role`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,9 @@ class Tenant:
     # hold either way.
     fail_open: bool = False
     tokens_per_day: int = 0
+    # The personas the tenant declares (`personas:`); any other persona_id spends the
+    # tenant's shared budget (persona `default`), so a made-up one opens no new budget.
+    personas: frozenset[str] = frozenset()
     persona_tokens_per_day: dict[str, int] = field(default_factory=dict)
     rpm_per_key: int = 0
     rpm_per_tenant: int = 0
@@ -145,12 +150,19 @@ class Tenant:
     models_allow: list[str] = field(default_factory=lambda: ["*"])
     models_deny: list[str] = field(default_factory=list)
     tools_allow: list[str] = field(default_factory=list)
-    max_output_tokens: int = 256
+    max_output_tokens: int = 256  # the cap on every model call of a turn (>= 1)
+    # The most tokens of memories and transcript one prompt carries (0 = as many as
+    # CONTEXT_WINDOW_TOKENS leaves room for); part of every turn's reservation.
+    max_context_tokens: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def budget_for(self, persona_id: str | None) -> int:
-        """Daily token budget of the persona (0 = unlimited)."""
-        return self.persona_tokens_per_day.get(persona_id or DEFAULT_PERSONA, self.tokens_per_day)
+    def budget_persona(self, persona_id: str | None) -> str:
+        """The persona whose budget a turn spends: a declared one, else `default`."""
+        return persona_id if persona_id in self.personas else DEFAULT_PERSONA
+
+    def budget_for(self, persona: str) -> int:
+        """Daily token budget of a budget persona (`budget_persona`'s; 0 = unlimited)."""
+        return self.persona_tokens_per_day.get(persona, self.tokens_per_day)
 
     def model_allowed(self, model: str) -> bool:
         if any(fnmatch.fnmatchcase(model, p) for p in self.models_deny):
@@ -166,8 +178,15 @@ class Tenant:
 
 
 class Tenants(Protocol):
+    def find(self, name: str) -> Tenant | None:
+        """The tenant's configuration; None when the tenants file does not name it. The
+        policy stage admits a turn only for a tenant it finds (`unknown_tenant`)."""
+        ...
+
     def get(self, name: str) -> Tenant:
-        """The tenant's configuration; an unknown tenant gets `default`'s limits."""
+        """The tenant's configuration, for what runs after the policy stage admitted the
+        turn (or before it decides, as the ingress's rate limits): a tenant no longer in
+        the file gets `default`'s limits under its own name. Never a reason to admit."""
         ...
 
     def known(self, name: str) -> bool: ...
@@ -189,6 +208,10 @@ class StoredProfile:
     kwargs: dict[str, Any] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)
     cost_per_1k_tokens: float | None = None
+    # The name of the provider secret the LLM stage sends with this profile's calls (never
+    # the secret itself; llm_worker/credentials.py). Not in the event: the LLM stage reads
+    # it from the stored profile, so a turn cannot name a credential.
+    api_key_ref: str | None = None
 
     def to_event(self) -> ModelProfile:
         return ModelProfile(
@@ -262,10 +285,67 @@ class Budgets(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    limit: str = ""  # which one refused: rpm_per_key, rpm_per_tenant, tpm_per_key, ...
+    limit_value: int = 0
+    retry_after_s: float | None = None  # None: the request can never fit that limit
+
+
+class RateLimits(Protocol):
+    """RPM/TPM per principal and per tenant (adapters/ratelimit.py): the ingress asks for
+    its clients' turns, the policy stage for automations' (which never pass the ingress)."""
+
+    async def admit(self, subject: str, tenant: Tenant, tokens: int) -> RateDecision: ...
+
+
 class Admissions(Protocol):
     """Each turn admitted once (adapters/admissions.py): False for a second record of it."""
 
     async def admit(self, event_id: str, delivery: Delivery) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Automation:
+    """An automation that publishes turns to its own inbound topic (adapters/automations.py)."""
+
+    name: str
+    tenant: str
+    topic: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+    @property
+    def principal(self) -> str:
+        return f"automation:{self.name}"
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+class Principals(Protocol):
+    """Which tenant a principal belongs to (adapters/principals.py), from the records that
+    define it (keys, automations), never from a turn's own fields."""
+
+    async def tenant_of(self, principal: str) -> str | None:
+        """The tenant `principal` acts in now; None when it is unknown or revoked."""
+        ...
+
+    async def automation_of(self, topic: str) -> Automation | None:
+        """The automation whose inbound topic `topic` is (revoked or not), if any."""
+        ...
+
+
+class SessionClaimer(Protocol):
+    """The claim of a session by its first turn (adapters/session_claims.py)."""
+
+    async def claim(
+        self, subject: str, tenant_name: str, session_id: str, persona_id: str | None
+    ) -> str | None:
+        """The session's owner; raises SessionOfAnotherTenant when it is another tenant's."""
+        ...
 
 
 # ---- the context and persistence stages ----------------------------------------------------

@@ -21,11 +21,24 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ROOT = Path(__file__).resolve().parent.parent
 STACK_ENV = ROOT / "deploy" / "stack.env"
 LOCAL_DB_PASSWORD = "soma"  # deploy/stack.env's; fine on loopback, refused elsewhere
+GatewayScope = Literal["turns", "admin", "operator"]  # ingress/auth/principal.py's SCOPES
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # what a local browser sends as Host
 
 
 def _loopback(host: str) -> bool:
     host = host.strip("[]").lower()
     if host in ("localhost", "localhost.localdomain", "ip6-localhost", "0.0.0.0", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_bind(host: str) -> bool:
+    """An address to listen on that only this machine reaches (0.0.0.0 is every one)."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -47,6 +60,21 @@ class CommonSettings(BaseSettings):
     kafka_namespace: str = Field("soma", pattern=r"^[A-Za-z0-9_-]{1,40}$")
     log_level: str = "INFO"
     kafka_bootstrap_servers: str = "127.0.0.1:19092"
+    # Who this process is to the broker (docs/security.md, "The broker boundary"). `auto`:
+    # `auto`: SASL with the principal's credentials (make up provisions them; none is an
+    # error). PLAINTEXT (no broker boundary) only when set, and all but SASL_SSL are for
+    # the local profile only.
+    kafka_security_protocol: Literal["auto", "PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = "auto"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
+    # One `<principal>.json` (mode 0600) per principal; unset: $SOMA_HOME/kafka/credentials.
+    kafka_credentials_dir: Path | None = None
+    # Unset: the service's own principal (its SERVICE_NAME) if it is a mesh service, else
+    # the admin's (provisioning, the CLI, tests).
+    kafka_username: str | None = None
+    # Unset: the password in the principal's credentials file.
+    kafka_password: SecretStr | None = None
+    # With SASL_SSL: the CA the broker's certificate must chain to (unset: the system's).
+    kafka_ssl_cafile: Path | None = None
     postgres_dsn: str = "postgresql://soma:soma@127.0.0.1:55432/soma"
     redis_url: str = "redis://127.0.0.1:56379/0"
     openfga_api_url: str = "http://127.0.0.1:18080"
@@ -81,7 +109,15 @@ class CommonSettings(BaseSettings):
                 raise ValueError(f"{name} points at a loopback address outside the local profile")
         if urlsplit(self.postgres_dsn).password in (None, "", LOCAL_DB_PASSWORD):
             raise ValueError("POSTGRES_DSN carries the local stack's password (or none)")
+        if self.kafka_security_protocol != "SASL_SSL":  # a login, and only over TLS
+            protocol = self.kafka_security_protocol
+            raise ValueError(f"KAFKA_SECURITY_PROTOCOL={protocol} outside the local profile")
         return self
+
+    @property
+    def kafka_credentials_path(self) -> Path:
+        """Where the principals' credentials files are."""
+        return self.kafka_credentials_dir or self.soma_home / "kafka" / "credentials"
 
 
 class StageSettings(CommonSettings):
@@ -129,12 +165,28 @@ class AuthSettings(OpenFgaSettings):
     jwt_hs256_secret: SecretStr | None = None
     jwt_jwks_url: str | None = None
     jwks_cache_s: float = 300.0
+    # One JWKS fetch at a time (every request that needs it shares it), at most this long;
+    # after a failure no fetch for JWKS_BACKOFF_S, doubled per failure up to the max.
+    jwks_fetch_timeout_s: float = 5.0
+    jwks_backoff_s: float = 2.0
+    jwks_backoff_max_s: float = 60.0
+    # Required whenever JWTs are accepted: a token minted for another service of the same
+    # identity provider must not open this one.
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_tenant_claim: str = "tenant"
     jwt_scopes_claim: str = "scope"
-    jwt_default_scopes: list[str] = ["turns"]
+    # The gateway scopes each IdP scope grants; an IdP scope not named here grants none,
+    # so an IdP's own `admin` or `operator` means nothing unless mapped on purpose.
+    jwt_scope_map: dict[str, list[GatewayScope]] = {}
+    # The scopes of a token whose IdP scopes map to none.
+    jwt_default_scopes: list[GatewayScope] = ["turns"]
     jwt_leeway_s: int = 30
+    # Failed authentications (bad key, bad token) one client address may make in
+    # AUTH_FAILURE_WINDOW_S; past that its credentialed requests are answered 429 until
+    # the window ends. Counted in the ingress process (0 = no limit).
+    auth_failure_limit: int = Field(20, ge=0)
+    auth_failure_window_s: float = Field(60.0, gt=0)
 
     @field_validator("jwt_hs256_secret")
     @classmethod
@@ -143,22 +195,77 @@ class AuthSettings(OpenFgaSettings):
             raise ValueError("JWT_HS256_SECRET must be at least 32 characters")
         return value
 
+    @model_validator(mode="after")
+    def _jwt_needs_an_audience(self) -> AuthSettings:
+        if (self.jwt_hs256_secret or self.jwt_jwks_url) and not self.jwt_audience:
+            raise ValueError(
+                "JWT_AUDIENCE is required when JWT_HS256_SECRET or JWT_JWKS_URL is set:"
+                " without it a token the identity provider minted for any other service"
+                " would be accepted here"
+            )
+        return self
+
+
+class EgressSettings(CommonSettings):
+    """Where model calls may go (gateway_runtime/egress.py): the ingress checks a profile's
+    base_url when it is written, the LLM stage whenever it connects."""
+
+    # Non-public addresses a model profile may reach anyway: IPs or CIDRs, optionally
+    # with a port (`["10.20.0.0/16", "127.0.0.1:8000", "[fd00::5]:8000"]`); no names. The
+    # local profile adds its own model server (LOCAL_LLM_BASE_URL's address and port).
+    model_egress_allow: list[str] = []
+
+    @field_validator("model_egress_allow")
+    @classmethod
+    def _addresses_only(cls, value: list[str]) -> list[str]:
+        from gateway_runtime.egress import AllowEntry  # the one parser of these entries
+
+        for entry in value:
+            AllowEntry.parse(entry)
+        return value
+
+    @property
+    def egress_allow(self) -> list[str]:
+        """MODEL_EGRESS_ALLOW, plus (local profile) the local model server's address and
+        port, when LOCAL_LLM_BASE_URL names an address (a name must be listed by address)."""
+        url = urlsplit(self.local_llm_base_url)
+        host = "127.0.0.1" if url.hostname == "localhost" else url.hostname or ""
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return list(self.model_egress_allow)
+        if self.soma_profile != "local":
+            return list(self.model_egress_allow)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        return [*self.model_egress_allow, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+
 
 # ---- one class per service -------------------------------------------------------------
 
 
-class IngressSettings(AuthSettings):
+class IngressSettings(AuthSettings, EgressSettings):
     service_name: str = "ingress"
     gateway_port: int = 8010
     gateway_host: str = "127.0.0.1"
     # Every /v1 route but health needs a principal (API key or JWT) unless this is false;
-    # only `make up`'s local profile turns it off.
+    # only `make up`'s local profile turns it off, and then GATEWAY_HOST must be loopback.
     gateway_require_auth: bool = True
+    # The Host names (any port) requests may carry, against DNS rebinding (ingress/
+    # host_check.py). Unset: with auth off the loopback names, with auth on any host.
+    gateway_allowed_hosts: list[str] | None = None
     max_body_bytes: int = 256 * 1024
     sse_keepalive_s: float = 15.0
     # Events queued for one slow client before it is switched to catching up from the
     # durable log (it loses nothing; the queue's memory stays bounded).
     sse_client_queue: int = 1000
+    # Open event streams (SSE and WebSocket together) one principal may hold on one
+    # replica; one more is 429 too_many_streams (0: no cap; the local anonymous user has none).
+    max_streams_per_principal: int = 64
+    # The largest WebSocket frame (message) a client may send; a larger one closes with 1009.
+    ws_max_frame_bytes: int = 256 * 1024
+    # How often each replica asks Postgres whether the keys holding its streams were
+    # revoked (in case it missed the Redis message) and retries unfinished clean-ups.
+    key_revocation_check_s: float = 1.0
     health_timeout_s: float = 2.0
     # How long /v1/health reuses its view of the stages' consumer groups (frequent polls
     # then cost the broker one inspection per this interval).
@@ -175,14 +282,28 @@ class IngressSettings(AuthSettings):
     capsule_registry_url: str | None = None
     capsule_registry_timeout_s: float = 10.0
 
+    @model_validator(mode="after")
+    def _anonymous_only_on_loopback(self) -> IngressSettings:
+        if not self.gateway_require_auth and not _loopback_bind(self.gateway_host):
+            raise ValueError(
+                f"GATEWAY_REQUIRE_AUTH=false lets anyone who reaches GATEWAY_HOST"
+                f" ({self.gateway_host!r}) post turns without credentials: bind a loopback"
+                " address (127.0.0.1, ::1, localhost) or set GATEWAY_REQUIRE_AUTH=true"
+            )
+        return self
 
-class PolicySettings(StageSettings, OpenFgaSettings, OpaSettings):
-    service_name: str = "policy_worker"
-    gateway_require_auth: bool = True
+    @property
+    def allowed_hosts(self) -> list[str] | None:
+        """The Host names the ingress answers (None: any)."""
+        if self.gateway_allowed_hosts is not None:
+            return self.gateway_allowed_hosts
+        return None if self.gateway_require_auth else list(LOOPBACK_HOSTS)
 
 
-class ContextSettings(StageSettings, MemorySettings):
-    service_name: str = "context_worker"
+class ProfileSettings(CommonSettings):
+    """Where a turn's model profile is looked up (the context stage uses it; the policy
+    stage resolves it too, so OPA decides on the model the turn will really use)."""
+
     # Profiles are looked up in this deployment mode; the default profile of the mode
     # (role `dialogue`) is created from the values below when it does not exist yet.
     deployment_mode: str = "local"
@@ -190,17 +311,47 @@ class ContextSettings(StageSettings, MemorySettings):
     default_model_base_url: str | None = None  # None = the local model's address
     default_max_tokens: int = 256
     default_temperature: float = 0.7
-    context_window_tokens: int = 2048
     profile_cache_ttl_s: float = 2.0
 
 
-class LLMSettings(StageSettings):
+class TurnShapeSettings(CommonSettings):
+    """How big a turn may grow: the context stage builds it, the LLM stage runs its tool
+    rounds, and the policy stage reserves a budget for all of it (gateway_runtime/
+    tokens.py), so the three read the same values."""
+
+    # A prompt's memories and transcript fill what this leaves after the system prompt,
+    # the user's message and the answer (a tenant's max_context_tokens may lower it).
+    context_window_tokens: int = 2048
+    # Tool rounds a turn may take; after the last one the model is offered no tools and
+    # must answer, so a model that keeps calling tools cannot loop a turn forever.
+    max_tool_rounds: int = 4
+
+
+class PolicySettings(
+    StageSettings, OpenFgaSettings, OpaSettings, ProfileSettings, TurnShapeSettings
+):
+    service_name: str = "policy_worker"
+    gateway_require_auth: bool = True
+
+
+class ContextSettings(StageSettings, MemorySettings, ProfileSettings, TurnShapeSettings):
+    service_name: str = "context_worker"
+
+
+class LLMSettings(StageSettings, EgressSettings, TurnShapeSettings):
     service_name: str = "llm_worker"
     max_in_flight: int = 256
     # auto: the lean httpx client for OpenAI-compatible servers (`openai/<model>` with a
     # base_url), LiteLLM for every other provider; litellm / http force one adapter.
     llm_transport: Literal["auto", "litellm", "http"] = "auto"
-    llm_api_key: str = "none"
+    # Provider credentials are per profile: its `api_key_ref` names a secret, read from
+    # MODEL_API_KEYS, else from $SOMA_HOME/secrets/<ref> (mode 0600). LLM_API_KEY is only
+    # the secret of the ref `default`, which the seeded default profile carries.
+    llm_api_key: SecretStr | None = None
+    model_api_keys: dict[str, SecretStr] = {}
+    # LiteLLM providers called although their connections bypass the egress guard (Cohere,
+    # Vertex, SageMaker, ...: llm_worker/litellm_model.py); by default they are refused.
+    model_unguarded_providers: list[str] = []
     llm_timeout_s: float = 60.0
     # Before the first token: tries per deployment beyond the first, and their backoff.
     llm_retries: int = 1
@@ -209,9 +360,6 @@ class LLMSettings(StageSettings):
     breaker_failure_threshold: int = 5
     breaker_window_s: float = 60.0
     breaker_cooldown_s: float = 30.0
-    # Tool rounds a turn may take; after the last one the model is offered no tools and
-    # must answer, so a model that keeps calling tools cannot loop a turn forever.
-    max_tool_rounds: int = 4
     # LiteLLM reads these from the environment when imported; the worker exports them
     # just before, so it never reaches for the internet on a machine without one.
     litellm_local_model_cost_map: str = "True"
@@ -252,6 +400,14 @@ class ProvisionSettings(OpenFgaSettings, OpaSettings):
 
 class BootstrapSettings(AuthSettings):
     service_name: str = "bootstrap"
+
+
+class AutomationCliSettings(CommonSettings):
+    """`soma-gateway automation` (soma_cli/automations.py): unlike the rest of the CLI it
+    works on the broker's side, as the broker's admin (KAFKA_CREDENTIALS_DIR), and writes
+    the automation registry in Postgres; the tenants file says which tenants exist."""
+
+    service_name: str = "soma-cli"
 
 
 class CliSettings(BaseSettings):

@@ -33,6 +33,7 @@ CLASSES = [
 DEPLOYED = {
     "soma_profile": "production",
     "kafka_bootstrap_servers": "kafka-0.kafka:9092,kafka-1.kafka:9092",
+    "kafka_security_protocol": "SASL_SSL",
     "postgres_dsn": "postgresql://soma:s3cret-from-a-vault@db.internal:5432/soma",
     "redis_url": "redis://redis.internal:6379/0",
     "openfga_api_url": "http://openfga.internal:8080",
@@ -106,3 +107,18 @@ def test_a_deployed_profile_with_real_addresses_starts() -> None:
 def test_a_deployed_profile_refuses_loopback_and_the_local_password(field: str, value: str) -> None:
     with pytest.raises(ValidationError, match=r"loopback|password"):
         LLMSettings(**{**DEPLOYED, field: value})  # type: ignore[arg-type]
+
+
+def test_auth_off_listens_on_loopback_only_and_checks_host_names() -> None:
+    """Anonymous callers (auth off) must be this machine's, and a DNS-rebinding page's
+    own Host name is refused (ingress/host_check.py)."""
+    for host in ("0.0.0.0", "::", "10.1.2.3", "gateway.example"):
+        with pytest.raises(ValidationError, match="loopback"):
+            IngressSettings(gateway_require_auth=False, gateway_host=host)
+    for host in ("127.0.0.1", "::1", "[::1]", "localhost"):
+        local = IngressSettings(gateway_require_auth=False, gateway_host=host)
+        assert local.allowed_hosts == ["localhost", "127.0.0.1", "[::1]"]
+    deployed = IngressSettings(gateway_require_auth=True, gateway_host="0.0.0.0")
+    assert deployed.allowed_hosts is None  # credentials guard it; any Host
+    pinned = IngressSettings(gateway_host="0.0.0.0", gateway_allowed_hosts=["gw.example"])
+    assert pinned.allowed_hosts == ["gw.example"]
