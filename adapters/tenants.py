@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from gateway_runtime.ports import Tenant
+from gateway_runtime.ports import DEFAULT_TENANT, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class TenantDirectory:
         known = self.find(name)
         if known is not None:
             return known
-        fallback = self._tenants.get("default")
+        fallback = self._tenants.get(DEFAULT_TENANT)
         if fallback is None:
             return Tenant(name)
         return parse_tenant(name, _as_conf(fallback))

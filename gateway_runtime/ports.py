@@ -124,6 +124,7 @@ class Fanout(Protocol):
 
 # ---- tenants and model profiles ------------------------------------------------------------
 
+DEFAULT_TENANT = "default"  # anonymous turns, the bootstrap key, unset `tenant` fields
 DEFAULT_PERSONA = "default"
 DEFAULT_ROLE = "dialogue"  # the model role of a turn that names none (`model_role`)
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
+from gateway_runtime.background import background
 from gateway_runtime.event_log import NOTIFY_CHANNEL
 from gateway_runtime.settings import IngressSettings
 from ingress.hub import FanoutHub
@@ -35,12 +36,8 @@ class FallbackLogWatch:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        task = asyncio.create_task(self._listen_forever(), name="fallback-log-watch")
-        try:
+        async with background(self._listen_forever(), "fallback-log-watch"):
             yield
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     async def _listen_forever(self) -> None:
         delay = 0.5

@@ -60,27 +60,15 @@ class HostCheckMiddleware:
             await self.app(scope, receive, send)
             return
         if not self._host_allowed(scope):
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008})
-                return
-            await send_json_error(
-                send,
-                421,
-                "host_not_allowed",
-                "this gateway does not answer for that Host (GATEWAY_ALLOWED_HOSTS)",
-            )
+            message = "this gateway does not answer for that Host (GATEWAY_ALLOWED_HOSTS)"
+            await _refuse(scope, send, 421, "host_not_allowed", message)
             return
         if self.check_origin and not self._origin_allowed(scope):
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008})
-                return
-            await send_json_error(
-                send,
-                403,
-                "origin_not_allowed",
+            message = (
                 "with auth off this gateway takes no requests but reads from a web page of"
-                " another origin (GATEWAY_ALLOWED_HOSTS)",
+                " another origin (GATEWAY_ALLOWED_HOSTS)"
             )
+            await _refuse(scope, send, 403, "origin_not_allowed", message)
             return
         await self.app(scope, receive, send)
 
@@ -94,3 +82,11 @@ class HostCheckMiddleware:
             return True
         origins = [v for k, v in scope.get("headers", ()) if k == b"origin"]
         return all(origin_host(o.decode("latin-1")) in self.allowed for o in origins)
+
+
+async def _refuse(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
+    """A JSON error; a WebSocket handshake is closed instead (the server answers it 403)."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+    else:
+        await send_json_error(send, status, code, message)

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import asyncpg
 
+from gateway_runtime.background import background
 from gateway_runtime.errors import DependencyUnavailable, PublishRefused
 from gateway_runtime.kafka import KafkaPublisher
 from gateway_runtime.postgres import PG_ERRORS
@@ -163,12 +164,8 @@ class TurnOutbox:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """The relay task, for the life of the ingress."""
-        task = asyncio.create_task(self._relay_forever(), name="outbox-relay")
-        try:
+        async with background(self._relay_forever(), "outbox-relay"):
             yield
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     async def _relay_forever(self) -> None:
         self._backlog = True  # turns a previous run left behind go first

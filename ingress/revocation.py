@@ -41,6 +41,7 @@ from redis.exceptions import RedisError
 
 from adapters import openfga
 from adapters.openfga import FgaAuthorizer
+from gateway_runtime.background import background
 from gateway_runtime.errors import DependencyUnavailable, PermanentError
 from gateway_runtime.postgres import PG_ERRORS
 from gateway_runtime.redis_gate import RedisGate
@@ -151,12 +152,8 @@ class KeyRevocations:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """The background re-check of open streams and retry of pending clean-ups."""
-        task = asyncio.create_task(self._run(), name="key-revocations")
-        try:
+        async with background(self._run(), "key-revocations"):
             yield
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self) -> None:
         await keep_checking(self._check, self._check_s, backoff_max_s=BUG_BACKOFF_MAX_S)

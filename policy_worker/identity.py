@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from adapters.session_claims import SessionOfAnotherTenant
 from gateway_runtime.delivery import current_delivery
 from gateway_runtime.errors import InvalidEvent
-from gateway_runtime.ports import Principals, SessionClaimer
+from gateway_runtime.ports import DEFAULT_TENANT, Principals, SessionClaimer
 from policy_worker.denials import deny
 from schemas.events import TurnRequested
 from schemas.topics import Topics
 
 ANONYMOUS = "anonymous"
-DEFAULT_TENANT = "default"
 
 
 @dataclass(frozen=True, slots=True)

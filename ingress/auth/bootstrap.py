@@ -24,12 +24,12 @@ import asyncpg
 from adapters import openfga
 from adapters.openfga import FgaAuthorizer
 from gateway_runtime.logs import configure_logging
+from gateway_runtime.ports import DEFAULT_TENANT
 from gateway_runtime.settings import BootstrapSettings
 from ingress.auth.keys import SECRET_RE, digest, subject_of
 from ingress.auth.principal import SCOPES
 
 log = logging.getLogger(__name__)
-TENANT = "default"
 
 
 async def _still_valid(conn: asyncpg.Connection, secret: str) -> bool:
@@ -65,8 +65,8 @@ async def bootstrap(settings: BootstrapSettings) -> str:
         try:
             await authorizer.write(
                 [
-                    (openfga.user(subject_of(key_id)), "admin", openfga.tenant(TENANT)),
-                    (openfga.user(subject_of(key_id)), "member", openfga.tenant(TENANT)),
+                    (openfga.user(subject_of(key_id)), "admin", openfga.tenant(DEFAULT_TENANT)),
+                    (openfga.user(subject_of(key_id)), "member", openfga.tenant(DEFAULT_TENANT)),
                 ]
             )
         finally:
@@ -75,7 +75,7 @@ async def bootstrap(settings: BootstrapSettings) -> str:
             "INSERT INTO api_keys (key_id, tenant, label, scopes, secret_sha256, prefix,"
             " created_by) VALUES ($1, $2, 'bootstrap admin', $3, $4, $5, 'bootstrap')",
             key_id,
-            TENANT,
+            DEFAULT_TENANT,
             list(SCOPES),
             digest(secret),
             f"sk_{key_id}",

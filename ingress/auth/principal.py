@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway_runtime.ports import DEFAULT_TENANT
+
 # `turns`: post messages/actions and follow sessions; `admin`: manage its tenant's keys;
 # `operator`: manage keys of every tenant (the bootstrap key has all three).
 SCOPES = ("turns", "admin", "operator")
@@ -25,4 +27,4 @@ class Principal:
 # model profiles, dead letters and health details need a key (`make up` prints the
 # bootstrap operator key): a web page that reaches the loopback port through DNS
 # rebinding, or anyone else who reaches it, must not be an operator.
-ANONYMOUS = Principal("anonymous", "default", frozenset({"turns"}))
+ANONYMOUS = Principal("anonymous", DEFAULT_TENANT, frozenset({"turns"}))

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
 from adapters.budgets import PostgresBudgetLedger
-from gateway_runtime.postgres import migrate
-from testbed.sandbox import Sandbox
-
-
-@pytest.fixture
-async def pool(sandbox: Sandbox) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(sandbox.postgres_dsn, min_size=1, max_size=20)
-    try:
-        await migrate(pool)
-        yield pool
-    finally:
-        await pool.close()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,21 +13,10 @@ from redis.asyncio import Redis
 
 from adapters.ratelimit import FLUSH_S, RateLimiter
 from gateway_runtime.ports import Tenant
-from gateway_runtime.postgres import migrate
 from gateway_runtime.redis_keys import RedisKeys
 from testbed.sandbox import Sandbox
 
 NOWHERE = "redis://127.0.0.1:1/0"  # nothing listens: a Redis that is down
-
-
-@pytest.fixture
-async def pool(sandbox: Sandbox) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(sandbox.postgres_dsn, min_size=1, max_size=20)
-    try:
-        await migrate(pool)
-        yield pool
-    finally:
-        await pool.close()
 
 
 @pytest.fixture
@@ -47,8 +37,10 @@ async def down() -> AsyncIterator[Redis]:
         await redis.aclose()
 
 
-@pytest.fixture
-async def limiter(redis: Redis, sandbox: Sandbox, pool: asyncpg.Pool) -> AsyncIterator[RateLimiter]:
+@contextlib.asynccontextmanager
+async def _limiter(
+    redis: Redis, sandbox: Sandbox, pool: asyncpg.Pool
+) -> AsyncIterator[RateLimiter]:
     limiter = RateLimiter(redis, sandbox.keys, pool)
     try:
         yield limiter
@@ -57,13 +49,16 @@ async def limiter(redis: Redis, sandbox: Sandbox, pool: asyncpg.Pool) -> AsyncIt
 
 
 @pytest.fixture
+async def limiter(redis: Redis, sandbox: Sandbox, pool: asyncpg.Pool) -> AsyncIterator[RateLimiter]:
+    async with _limiter(redis, sandbox, pool) as limiter:
+        yield limiter
+
+
+@pytest.fixture
 async def fallback(down: Redis, sandbox: Sandbox, pool: asyncpg.Pool) -> AsyncIterator[RateLimiter]:
     """A limiter whose Redis is down: it admits through Postgres."""
-    limiter = RateLimiter(down, sandbox.keys, pool)
-    try:
+    async with _limiter(down, sandbox, pool) as limiter:
         yield limiter
-    finally:
-        await limiter.close()
 
 
 def _tenant(**limits: int) -> Tenant:

@@ -8,8 +8,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import httpx
 
+from adapters.budgets import day_of
 from tests.sse import SseEvent, read_events
 
 
@@ -69,3 +71,18 @@ async def eventually(
             raise TimeoutError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
     return time.monotonic() - started
+
+
+async def budget_settles(conn: asyncpg.Connection, tenant: str, used: int) -> None:
+    """Until the tenant's shared budget of today reads `used` tokens used, none reserved."""
+
+    async def settled() -> bool:
+        row = await conn.fetchrow(
+            "SELECT used, reserved FROM budget_counters"
+            " WHERE tenant = $1 AND persona = 'default' AND day = $2",
+            tenant,
+            day_of(time.time()),
+        )
+        return row is not None and (row["used"], row["reserved"]) == (used, 0)
+
+    await eventually(settled, 30)

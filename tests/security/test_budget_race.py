@@ -16,14 +16,13 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from adapters.budgets import day_of
 from schemas.codec import header
 from schemas.topics import Topics
 from tests.security.conftest import AuthMesh
 from tests.security.helpers import (
     as_key,
+    budget_settles,
     end_of_turn,
-    eventually,
     first_of_turn,
     new_key,
     post_turn,
@@ -101,17 +100,7 @@ async def test_fifty_concurrent_turns_against_a_budget_for_ten(
     # Settlement: the reservations are released and the actual usage (30 a turn) counted.
     conn = await asyncpg.connect(auth_mesh.sandbox.postgres_dsn)
     try:
-
-        async def settled() -> bool:
-            row = await conn.fetchrow(
-                "SELECT used, reserved FROM budget_counters"
-                " WHERE tenant = $1 AND persona = 'default' AND day = $2",
-                tenant,
-                day_of(time.time()),
-            )
-            return row is not None and (row["used"], row["reserved"]) == (ADMITTED * 30, 0)
-
-        await eventually(settled, 30)
+        await budget_settles(conn, tenant, ADMITTED * 30)
         stored = await conn.fetchval("SELECT count(*) FROM turns WHERE tenant = $1", tenant)
     finally:
         await conn.close()

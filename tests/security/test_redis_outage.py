@@ -18,7 +18,6 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 
 import asyncpg
 import httpx
@@ -30,8 +29,8 @@ from testbed.sandbox import Sandbox
 from tests.security.conftest import AuthMesh
 from tests.security.helpers import (
     as_key,
+    budget_settles,
     end_of_turn,
-    eventually,
     first_of_turn,
     new_key,
     post_turn,
@@ -244,20 +243,7 @@ async def test_a_budget_for_ten_turns_admits_ten_across_a_redis_outage(
 
     conn = await asyncpg.connect(auth_mesh.sandbox.postgres_dsn)
     try:
-
-        async def settled() -> bool:
-            row = await conn.fetchrow(
-                "SELECT used, reserved FROM budget_counters"
-                " WHERE tenant = $1 AND persona = 'default' AND day = $2",
-                tenant,
-                datetime.now(UTC).date(),
-            )
-            return row is not None and (row["used"], row["reserved"]) == (
-                BUDGET_TURNS * TURN_TOKENS,
-                0,
-            )
-
-        await eventually(settled, 30)
+        await budget_settles(conn, tenant, BUDGET_TURNS * TURN_TOKENS)
         stored = await conn.fetchrow(
             "SELECT count(*) AS n, sum(prompt_tokens + completion_tokens) AS tokens"
             " FROM turns WHERE tenant = $1",
