@@ -10,6 +10,12 @@ younger than OPENFGA_CACHE_TTL_S is used again; past that the check fails closed
 `AuthzUnavailable`. A reachable OpenFGA is always asked: a cached "yes" never outlives a
 revoked relation while the server is up.
 
+A session's own relations (its tenant, its owner) are not stored in OpenFGA: the session's
+row in Postgres holds them and every check about a session passes them as contextual
+tuples (adapters/session_claims.py). `answering` says whether OpenFGA answered within
+OPENFGA_CACHE_TTL_S, so that decisions taken without asking it (a session's owner) fail
+closed exactly when cached ones do.
+
 `delete_user` removes every relation of a user (a revoked key): it reads them, type by
 type of the store's model, and deletes what it finds until nothing is left.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import urllib.parse
 from collections import OrderedDict
@@ -74,25 +81,64 @@ class FgaAuthorizer:
         self._ready = asyncio.Lock()
         self._decisions: OrderedDict[Relation, tuple[bool, float]] = OrderedDict()
         self._max_cached = max_cached
+        self._answered_at = -math.inf  # monotonic time of OpenFGA's last answer
+        self._probe: asyncio.Task[bool] | None = None
 
     async def close(self) -> None:
         if self._client is not None:
             await _close(self._client)
 
-    async def check(self, subject_user: str, relation: str, obj: str) -> bool:
+    async def check(
+        self, subject_user: str, relation: str, obj: str, contextual: Iterable[Relation] = ()
+    ) -> bool:
+        """`contextual`: relations that hold for this check only (a session's tenant and
+        owner, from its row); they must not change for `obj`, as decisions are cached."""
         key = (subject_user, relation, obj)
+        request = ClientCheckRequest(
+            user=subject_user,
+            relation=relation,
+            object=obj,
+            contextual_tuples=[ClientTuple(user=u, relation=r, object=o) for u, r, o in contextual]
+            or None,
+        )
         try:
             client = await self._connected()
-            response = await client.check(
-                ClientCheckRequest(user=subject_user, relation=relation, object=obj)
-            )
+            response = await client.check(request)
         except FgaValidationException as exc:
             raise PermanentError(f"invalid authorization check {key}: {exc}") from exc
         except _UNREACHABLE as exc:
             return self._cached(key, exc)
+        self._answered_at = time.monotonic()
         allowed = bool(response.allowed)
         self._remember(key, allowed)
         return allowed
+
+    async def answering(self) -> bool:
+        """Whether OpenFGA answered within OPENFGA_CACHE_TTL_S (asked again, in the
+        background, once its last answer is a third of that old; waited for only when it
+        is older than the TTL): the window in which cached decisions stand in."""
+        ttl = self._settings.openfga_cache_ttl_s
+        age = time.monotonic() - self._answered_at
+        if age <= ttl / 3:
+            return True
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._ask())
+        if age <= ttl:
+            return True
+        return await asyncio.shield(self._probe)
+
+    async def _ask(self) -> bool:
+        """One cheap check, only to learn whether OpenFGA answers."""
+        try:
+            client = await self._connected()
+            await client.check(
+                ClientCheckRequest(user=user("probe"), relation="member", object=tenant("probe"))
+            )
+        except (*_UNREACHABLE, AuthzUnavailable) as exc:
+            log.warning("openfga does not answer: %s", _describe(exc))
+            return False
+        self._answered_at = time.monotonic()
+        return True
 
     async def write(self, relations: Iterable[Relation]) -> None:
         """Add relations; ones that exist already are fine."""
@@ -144,6 +190,7 @@ class FgaAuthorizer:
             await client.write(body, {"conflict": conflict})  # type: ignore[dict-item]
         except _UNREACHABLE as exc:
             raise AuthzUnavailable(f"openfga write failed: {_describe(exc)}") from exc
+        self._answered_at = time.monotonic()
 
     def _cached(self, key: Relation, exc: BaseException) -> bool:
         hit = self._decisions.get(key)

@@ -236,12 +236,6 @@ class Profiles(Protocol):
 # ---- the policy stage ----------------------------------------------------------------------
 
 
-class Authorizer(Protocol):
-    """Relationship checks (OpenFGA): may `user` have `relation` on `obj`?"""
-
-    async def check(self, subject_user: str, relation: str, obj: str) -> bool: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The policy engine's answer on one turn."""
@@ -346,6 +340,10 @@ class SessionClaimer(Protocol):
         self, subject: str, tenant_name: str, session_id: str, persona_id: str | None
     ) -> str | None:
         """The session's owner; raises SessionOfAnotherTenant when it is another tenant's."""
+        ...
+
+    async def can_write(self, subject: str, session_id: str) -> bool:
+        """OpenFGA's `can_write`; AuthzUnavailable when it cannot be decided now."""
         ...
 
 

@@ -46,7 +46,6 @@ async def main(settings: PolicySettings, stop: asyncio.Event) -> None:
                 topics=topics,
                 fanout=fanout,
                 require_auth=settings.gateway_require_auth,
-                authorizer=authorizer,
                 engine=OpaClient(http, settings),
                 budgets=PostgresBudgetLedger(pool),
                 tenants=TenantDirectory(settings.tenants_file),

@@ -10,8 +10,9 @@ For each turn, in order:
 2. the principal must belong to the turn's tenant now (a key or automation not revoked,
    adapters/principals.py); with auth off a turn of `anonymous` runs in `default` and
    skips step 3; with auth required a turn without a principal is denied;
-3. OpenFGA: the principal must have `can_write` on the session (cached decisions stand
-   in for a short while when OpenFGA is unreachable, then the turn is refused);
+3. OpenFGA: the principal must have `can_write` on the session (adapters/session_claims.py:
+   its owner needs no OpenFGA round trip while OpenFGA answers; cached decisions stand in
+   for a short while when OpenFGA is unreachable, then the turn is refused);
 4. OPA: the tenant's policy decides on budgets and models from the current usage;
    unreachable, it refuses unless the tenant is `fail_open`;
 5. an automation's turn counts against the tenant's RPM/TPM (the ingress counted the
@@ -35,7 +36,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adapters import openfga
 from gateway_runtime.delivery import REPLAY_HEADERS, current_delivery
 from gateway_runtime.errors import (
     AuthzUnavailable,
@@ -46,7 +46,6 @@ from gateway_runtime.errors import (
 from gateway_runtime.ports import (
     DEFAULT_ROLE,
     Admissions,
-    Authorizer,
     Budgets,
     BudgetUsage,
     Decision,
@@ -100,7 +99,6 @@ class PolicyHandler:
     topics: Topics
     fanout: Fanout
     require_auth: bool
-    authorizer: Authorizer
     engine: PolicyEngine
     budgets: Budgets
     tenants: Tenants
@@ -195,9 +193,7 @@ class PolicyHandler:
         if principal == ANONYMOUS and not self.require_auth:
             return
         try:
-            allowed = await self.authorizer.check(
-                openfga.user(principal), "can_write", openfga.session(event.session_id)
-            )
+            allowed = await self.claims.can_write(principal, event.session_id)
         except AuthzUnavailable as exc:
             raise deny(
                 "authz_unavailable",

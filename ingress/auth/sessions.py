@@ -1,9 +1,10 @@
 """Who a session belongs to, and who may read it, for the ingress's callers.
 
-The claim itself (Postgres row first, then OpenFGA relations) is adapters/session_claims.py,
-shared with the policy stage. A session of another tenant is answered as if it did not
-exist (404), so its existence does not leak. Reading (SSE, WebSocket) needs `can_read`
-from OpenFGA, asked on every connect.
+The claim itself (the session's row in Postgres; OpenFGA decides with the row's tenant and
+owner as contextual tuples) is adapters/session_claims.py, shared with the policy stage.
+A session of another tenant is answered as if it did not exist (404), so its existence
+does not leak. Reading (SSE, WebSocket) needs `can_read`,
+decided on every connect (its owner's without an OpenFGA round trip while OpenFGA answers).
 """
 
 from __future__ import annotations

@@ -73,14 +73,13 @@ async def test_openfga_stopped_cached_decisions_then_fail_closed(
         decided_at = time.monotonic()  # the last decisions OpenFGA itself gave (read, write)
 
         async with stopped(auth_mesh, "openfga"):
-            # Within the TTL the cached decisions stand in: post (policy stage) and read.
+            # Within the TTL the cached decisions stand in: post (policy stage) and read,
+            # and a new session (its claim writes nothing to OpenFGA) is its owner's too.
             during = await _first_event(client, session_id, "during")
+            fresh = await _first_event(client, f"fga-{uuid.uuid4().hex}", "new")
             assert time.monotonic() - decided_at < OPENFGA_CACHE_TTL_S, "the stop took too long"
             assert during["type"] == "turn.accepted", during
-            # A new session needs new relations written: refused at once.
-            r = await post_turn(client, f"fga-{uuid.uuid4().hex}", "new")
-            assert r.status_code == 503 and r.json()["detail"]["code"] == "authz_unavailable"
-            assert "Retry-After" in r.headers
+            assert fresh["type"] == "turn.accepted", fresh
 
             async def read_refused() -> bool:
                 # status only: a granted SSE stream never ends by itself
@@ -107,6 +106,10 @@ async def test_openfga_stopped_cached_decisions_then_fail_closed(
                 return False
 
             await eventually(policy_refuses, OPENFGA_CACHE_TTL_S + 10)
+            # Past the TTL a new session is refused at once too.
+            r = await post_turn(client, f"fga-{uuid.uuid4().hex}", "new")
+            assert r.status_code == 503 and r.json()["detail"]["code"] == "authz_unavailable"
+            assert "Retry-After" in r.headers
     # OpenFGA is back: the session can be read again, and its log shows the refusal.
     async with as_key(auth_mesh.mesh.base_url, key["secret"]) as client:
         [*_, refusal] = await turn_events(client, session_id, first_of_turn(refused[0]))

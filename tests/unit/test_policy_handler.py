@@ -40,13 +40,10 @@ class Recorder:
 
 @dataclass
 class Fga:
+    """OpenFGA's `can_write` answer on every session."""
+
     allowed: bool = True
     down: bool = False
-
-    async def check(self, subject_user: str, relation: str, obj: str) -> bool:
-        if self.down:
-            raise AuthzUnavailable("openfga down")
-        return self.allowed
 
 
 @dataclass
@@ -142,12 +139,18 @@ class Claims:
     """Sessions by tenant, claimed by their first turn."""
 
     owners: dict[str, str] = field(default_factory=dict)
+    fga: Fga = field(default_factory=Fga)
 
     async def claim(
         self, subject: str, tenant_name: str, session_id: str, persona_id: str | None
     ) -> None:
         if self.owners.setdefault(session_id, tenant_name) != tenant_name:
             raise SessionOfAnotherTenant(session_id)
+
+    async def can_write(self, subject: str, session_id: str) -> bool:
+        if self.fga.down:
+            raise AuthzUnavailable("openfga down")
+        return self.fga.allowed
 
 
 @pytest.fixture
@@ -181,13 +184,12 @@ def _handler(tenants: TenantDirectory, **parts: Any) -> tuple[PolicyHandler, Rec
         topics=Topics.for_namespace("t"),
         fanout=fanout,
         require_auth=True,  # type: ignore[arg-type]
-        authorizer=parts.get("fga", Fga()),
         engine=parts.get("opa", Opa()),
         budgets=parts.get("ledger", Ledger()),
         tenants=tenants,
         admissions=parts.get("admissions", Admissions()),
         principals=parts.get("principals", Directory()),
-        claims=parts.get("claims", Claims()),
+        claims=parts.get("claims", Claims(fga=parts.get("fga", Fga()))),
         rate_limits=parts.get("rate_limits", Limits()),
         profiles=parts.get("profiles", Profiles()),
     )
