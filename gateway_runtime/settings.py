@@ -353,6 +353,9 @@ class LLMSettings(StageSettings, EgressSettings, TurnShapeSettings):
     # Vertex, SageMaker, ...: llm_worker/litellm_model.py); by default they are refused.
     model_unguarded_providers: list[str] = []
     llm_timeout_s: float = 60.0
+    # A turn's first delta goes out at once; later ones are gathered for up to this long
+    # and sent as one `assistant.delta` (every token, fewer frames). 0: one per token.
+    delta_coalesce_ms: float = Field(default=20.0, ge=0, le=1000)
     # Before the first token: tries per deployment beyond the first, and their backoff.
     llm_retries: int = 1
     llm_retry_backoff_s: float = 0.2

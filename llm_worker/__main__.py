@@ -95,6 +95,7 @@ async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
                 fanout=fanout,
                 attempts=TurnAttempts(redis, keys, gate=gate),
                 tools=ToolOffer(load_definitions(), tenants, settings.max_tool_rounds),
+                delta_window_s=settings.delta_coalesce_ms / 1000,
             )
             try:
                 await serve_stage(handler, settings, stop, fanout=fanout)

@@ -19,6 +19,7 @@ The usage of every round is added up in the turn's `TurnCompleted`, which settle
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from gateway_runtime.ports import Answering, Attempts, Fanout, Output, Router
 from gateway_runtime.redis_keys import RedisKeys
 from gateway_runtime.tokens import estimate_tokens
 from llm_worker.allowance import exhausted_error, plan_call, prompt_tokens
+from llm_worker.deltas import DeltaCoalescer
 from llm_worker.tool_requests import (
     ToolOffer,
     attempt_key,
@@ -95,6 +97,7 @@ class LLMHandler:
     fanout: Fanout
     attempts: Attempts
     tools: ToolOffer | None = None
+    delta_window_s: float = 0.0  # DELTA_COALESCE_MS (llm_worker/deltas.py)
     stage: str = "llm"
 
     @property
@@ -171,18 +174,27 @@ class LLMHandler:
         answer: _Answer,
     ) -> None:
         sid, tid = event.request.session_id, event.request.event_id
-        async for item in self.router.stream(profiles, event.messages, tools):
-            if isinstance(item, Answering):
-                answer.model, answer.fallback = item.profile.model, item.fallback
-                continue
-            if item.text:
-                answer.parts.append(item.text)
-                await self.fanout.publish(
-                    sid, tid, "assistant.delta", {"seq": len(answer.parts), "text": item.text}
-                )
-            answer.usage = item.usage or answer.usage
-            answer.calls = item.tool_calls or answer.calls
-            answer.finish = item.finish_reason or answer.finish
+
+        async def send(seq: int, text: str) -> None:
+            await self.fanout.publish(sid, tid, "assistant.delta", {"seq": seq, "text": text})
+
+        deltas = DeltaCoalescer(send, self.delta_window_s)
+        try:
+            async for item in self.router.stream(profiles, event.messages, tools):
+                if isinstance(item, Answering):
+                    answer.model, answer.fallback = item.profile.model, item.fallback
+                    continue
+                if item.text:
+                    answer.parts.append(item.text)
+                    await deltas.add(item.text)
+                answer.usage = item.usage or answer.usage
+                answer.calls = item.tool_calls or answer.calls
+                answer.finish = item.finish_reason or answer.finish
+        except BaseException:
+            with contextlib.suppress(Exception):  # the stream's own error is the one to raise
+                await deltas.close()
+            raise
+        await deltas.close()
 
     async def _request_tools(
         self, event: TurnContextualized, answer: _Answer, usage: Usage

@@ -17,6 +17,23 @@ from testbed.mesh import Mesh
 from testbed.sandbox import Sandbox
 from tests.sse import SseEvent, read_events
 
+# The fake upstream's default answer: 20 tokens (bench/fake_upstream.py).
+FAKE_ANSWER = "".join(f"tok{i} " for i in range(20))
+
+
+def streamed_text(frames: list[Any]) -> str:
+    """The answer as its `assistant.delta` frames streamed it (SSE events or WebSocket
+    frames), after checking the frames are whole: each delta's `seq` counts the model's
+    pieces sent so far, so it grows with every frame (several pieces may share one)."""
+    data = [
+        f.data["data"] if isinstance(f, SseEvent) else f["data"]
+        for f in frames
+        if (f.type if isinstance(f, SseEvent) else f["type"]) == "assistant.delta"
+    ]
+    seqs = [d["seq"] for d in data]
+    assert seqs == sorted(set(seqs)), f"delta seq must grow with every frame: {seqs}"
+    return "".join(d["text"] for d in data)
+
 
 def ends_turn(turn_id: str) -> Callable[[SseEvent], bool]:
     return lambda e: e.turn_id == turn_id and e.type in ("assistant.final", "error")

@@ -14,15 +14,15 @@ from websockets.asyncio.client import connect
 from testbed.mesh import Mesh
 from testbed.sandbox import Sandbox
 from tests.sse import SseEvent, read_events
-from tests.turns import ends_turn, profile, turn
+from tests.turns import FAKE_ANSWER, ends_turn, profile, streamed_text, turn
 
 
 async def test_last_event_id_resumes_with_exactly_the_rest(client: httpx.AsyncClient) -> None:
     events = await turn(client, "dialogue")
     session_id = events[0].data["session_id"]
     turn_id = events[-1].turn_id
-    assert len(events) > 10
-    for cut in (1, 5, len(events) - 1):
+    assert len(events) > 6  # accepted, several deltas, final
+    for cut in (1, 3, len(events) - 1):
         rest = await read_events(
             client,
             f"/v1/session/{session_id}/events",
@@ -93,7 +93,7 @@ async def test_200_clients_one_subscription_each_gets_only_its_session(
         session_id = sessions[index // 4]
         assert {e.data["session_id"] for e in events} == {session_id}
         assert [e.type for e in events][-1] == "assistant.final"
-        assert len([e for e in events if e.type == "assistant.delta"]) == 20
+        assert streamed_text(events) == FAKE_ANSWER
         assert {e.turn_id for e in events} == {turn_ids[session_id]}
 
 
@@ -116,7 +116,7 @@ async def test_websocket_starts_a_turn_and_streams_its_events(mesh: Mesh) -> Non
     turn_id = frames[0]["event_id"]
     assert frames[-1]["type"] == "assistant.final"
     assert all(f["turn_id"] == turn_id for f in frames[1:])
-    assert len([f for f in frames if f["type"] == "assistant.delta"]) == 20
+    assert streamed_text(frames) == FAKE_ANSWER
     assert all(f["id"] for f in frames[1:])
 
 

@@ -15,10 +15,12 @@ from context_worker.prompts import ACTION_PROMPTS
 from testbed.sandbox import Sandbox
 from tests.sse import read_events
 from tests.turns import (
+    FAKE_ANSWER,
     ends_turn,
     logged_events,
     sent_upstream,
     stored_messages,
+    streamed_text,
     turn,
     wait_stored,
 )
@@ -44,9 +46,12 @@ async def test_a_turn_streams_deltas_then_the_final_answer_and_is_stored_once(
     assert types[0] == "turn.accepted"
     assert types[-1] == "assistant.final", events[-1]
     deltas = [e for e in events if e.type == "assistant.delta"]
-    assert len(deltas) == 20  # the fake upstream's 20 tokens, each as it came
+    # the fake upstream's 20 tokens, every one: the first at once, later ones gathered
+    assert streamed_text(events) == FAKE_ANSWER
+    assert deltas[0].data["data"] == {"seq": 1, "text": "tok0 "}
+    assert deltas[-1].data["data"]["seq"] == 20
     final = events[-1].data["data"]
-    assert final["text"] == "".join(d.data["data"]["text"] for d in deltas)
+    assert final["text"] == FAKE_ANSWER
     assert final["usage"]["completion_tokens"] == 20
     ids = [e.id for e in events]
     assert len(set(ids)) == len(ids)
@@ -57,7 +62,7 @@ async def test_a_turn_streams_deltas_then_the_final_answer_and_is_stored_once(
         ("assistant", final["text"]),
     ]
     logged = [e["type"] for e in await logged_events(sandbox, session_id)]
-    assert logged == ["turn.accepted", *["assistant.delta"] * 20, "assistant.final"]
+    assert logged == ["turn.accepted", *["assistant.delta"] * len(deltas), "assistant.final"]
 
 
 async def test_the_next_turn_sends_the_model_the_transcript_once(
