@@ -115,11 +115,11 @@ class FgaAuthorizer:
 
     async def answering(self) -> bool:
         """Whether OpenFGA answered within OPENFGA_CACHE_TTL_S (asked again, in the
-        background, once its last answer is a third of that old; waited for only when it
+        background, once its last answer is a quarter of that old; waited for only when it
         is older than the TTL): the window in which cached decisions stand in."""
         ttl = self._settings.openfga_cache_ttl_s
         age = time.monotonic() - self._answered_at
-        if age <= ttl / 3:
+        if age <= ttl / 4:
             return True
         if self._probe is None or self._probe.done():
             self._probe = asyncio.create_task(self._ask())

@@ -56,6 +56,7 @@ class FakeUpstream:
         self.default = default
         self.named: dict[str, Behaviour] = {}
         self.requests: dict[str, int] = {}
+        self.connections = 0  # TCP connections accepted: a client that reuses them opens few
         self.received: deque[tuple[str, dict[str, Any], dict[str, str]]] = deque(maxlen=2000)
 
     def behaviour_for(self, model: str) -> Behaviour:
@@ -73,6 +74,7 @@ class FakeUpstream:
         return b
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -119,7 +121,11 @@ class FakeUpstream:
             )
         if method == "GET" and path == "/admin/stats":
             total = sum(self.requests.values())
-            return await self.send_json(writer, 200, {"requests": total, "by_model": self.requests})
+            return await self.send_json(
+                writer,
+                200,
+                {"requests": total, "by_model": self.requests, "connections": self.connections},
+            )
         if method == "POST" and path == "/admin/mode":
             change = json.loads(body or b"{}")
             name = change.pop("name", None)

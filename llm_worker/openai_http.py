@@ -61,13 +61,16 @@ class OpenAIHttpModel:
                     raise ProviderError(
                         f"{url} answered {response.status_code}", status=response.status_code
                     )
+                # Read to the end of the body, past `[DONE]`: a response left unread
+                # closes its connection, and the next call pays a new TCP+TLS handshake.
+                done = False
                 async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
+                    if done or not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
-                        finished = True
-                        break
+                        finished = done = True
+                        continue
                     chunk = _parse(data, calls)
                     if chunk.finish_reason:
                         finished = True

@@ -122,18 +122,26 @@ class PolicyHandler:
         if not isinstance(event, TurnRequested):
             raise InvalidEvent(f"policy stage expects TurnRequested, got {type(event).__name__}")
         event, from_automation = await self.identity.from_inbound(event)
-        if not await self._first_record(event):
-            return []
         try:
             principal = self._principal(event)
-            # The principal's tenant, OpenFGA and OPA answer independent questions: ask
-            # them at once. Who may post comes first: its denial is the one that counts.
-            member, write, plan = await asyncio.gather(
+        except Denied as denied:
+            return await self._denied(event, denied) if await self._first_record(event) else []
+        try:
+            # Whether this record runs the turn, the principal's tenant, OpenFGA and OPA
+            # answer independent questions (all reads but the first): ask them at once.
+            # A second record of the turn is dropped whatever they say; then who may post
+            # comes first: its denial is the one that counts.
+            first, member, write, plan = await asyncio.gather(
+                self._first_record(event),
                 _nothing() if from_automation else self.identity.check_member(event, principal),
                 self._check_write(event, principal),
                 self._policy(event, principal),
                 return_exceptions=True,
             )
+            if isinstance(first, BaseException):
+                raise first
+            if not first:
+                return []
             for outcome in (member, write, plan):
                 if isinstance(outcome, BaseException):
                     raise outcome

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from gateway_runtime.errors import ProviderError
 from gateway_runtime.ports import ChatModel, Chunk, ToolSpecs
+from llm_worker.openai_http import OpenAIHttpModel
 from llm_worker.transport import AutoModel, openai_compatible
 from schemas.events import ChatMessage, ModelProfile
 
@@ -26,6 +28,19 @@ async def test_streams_every_token_and_the_usage(adapter: ChatModel, fake_llm: s
     assert text == [f"tok{i} " for i in range(20)]
     assert [c.usage for c in chunks if c.usage][-1].completion_tokens == 20
     assert any(c.finish_reason == "stop" for c in chunks)
+
+
+async def test_the_lean_client_keeps_its_connection_for_the_next_call(fake_llm: str) -> None:
+    """A stream read to its end leaves the connection in the pool: against a real
+    provider every new one is a TCP and TLS handshake before the first token."""
+    async with httpx.AsyncClient(timeout=10) as http, httpx.AsyncClient() as admin:
+        before = (await admin.get(fake_llm + "/admin/stats")).json()["connections"]
+        model = OpenAIHttpModel(http)
+        for _ in range(3):
+            chunks = await collect(model, fake(fake_llm, "fake"))
+            assert "".join(c.text for c in chunks) == "".join(f"tok{i} " for i in range(20))
+        after = (await admin.get(fake_llm + "/admin/stats")).json()["connections"]
+    assert after - before == 1  # one for all three calls (the admin's was counted before)
 
 
 @pytest.mark.parametrize(("name", "status"), [("fake:error_500", 500), ("fake:error_429", 429)])

@@ -70,14 +70,21 @@ async def test_openfga_stopped_cached_decisions_then_fail_closed(
     session_id = f"fga-{uuid.uuid4().hex}"
     async with as_key(auth_mesh.mesh.base_url, key["secret"]) as client:
         assert (await _first_event(client, session_id, "before"))["type"] == "turn.accepted"
-        decided_at = time.monotonic()  # the last decisions OpenFGA itself gave (read, write)
+        # OpenFGA answered each process within the last quarter of the TTL (the owners'
+        # decisions ask it again in the background once its answer is that old), so the
+        # cached decisions stand for between 3/4 of the TTL and the TTL from here.
+        decided_at = time.monotonic()
 
         async with stopped(auth_mesh, "openfga"):
             # Within the TTL the cached decisions stand in: post (policy stage) and read,
             # and a new session (its claim writes nothing to OpenFGA) is its owner's too.
-            during = await _first_event(client, session_id, "during")
-            fresh = await _first_event(client, f"fga-{uuid.uuid4().hex}", "new")
-            assert time.monotonic() - decided_at < OPENFGA_CACHE_TTL_S, "the stop took too long"
+            during, fresh = await asyncio.gather(
+                _first_event(client, session_id, "during"),
+                _first_event(client, f"fga-{uuid.uuid4().hex}", "new"),
+            )
+            assert time.monotonic() - decided_at < 0.75 * OPENFGA_CACHE_TTL_S, (
+                "the stop took too long"
+            )
             assert during["type"] == "turn.accepted", during
             assert fresh["type"] == "turn.accepted", fresh
 
@@ -92,7 +99,7 @@ async def test_openfga_stopped_cached_decisions_then_fail_closed(
 
             await eventually(read_refused, OPENFGA_CACHE_TTL_S + 10)
             closed_after = time.monotonic() - decided_at
-            assert closed_after >= OPENFGA_CACHE_TTL_S - 0.5, closed_after
+            assert closed_after >= 0.75 * OPENFGA_CACHE_TTL_S - 0.5, closed_after
             # The policy stage fails closed too once its cached decision is too old.
             refused: list[str] = []
 
