@@ -216,11 +216,11 @@ def make_consumer(
     *,
     group_id: str,
     client_id: str,
-    fetch_max_wait_ms: int = 50,
+    fetch_max_wait_ms: int = 500,
     metadata_max_age_ms: int = 300000,
 ) -> AIOKafkaConsumer:
     """A group member; `fetch_max_wait_ms` is how long an empty fetch waits at the broker
-    (short on the turn's path, longer where latency does not matter);
+    (a record that arrives ends it at once; shorter only polls an idle broker more);
     `metadata_max_age_ms` how soon a pattern subscription sees a new topic."""
     return AIOKafkaConsumer(
         **connection(kafka).client_kwargs(),

@@ -131,6 +131,10 @@ class StageSettings(CommonSettings):
     shutdown_grace_s: float = 20.0
     # How often finished offsets are committed; a crash replays at most this much work.
     commit_interval_s: float = 0.2
+    # How long the broker holds a fetch that finds nothing new: a record that arrives ends
+    # the wait at once (bench.hop_latency: the same hop latency at 50 and 500 ms), so it
+    # mostly sets how often an idle mesh polls the broker and how much CPU that burns.
+    kafka_fetch_max_wait_ms: int = Field(default=500, ge=1, le=10_000)
 
 
 class MemorySettings(CommonSettings):

@@ -78,6 +78,7 @@ async def serve_stage(
         settings,
         group_id=f"{settings.kafka_namespace}.{handler.stage}",
         client_id=client_id,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         # a pattern's new topics are seen on a metadata refresh: soon, not in 5 minutes
         metadata_max_age_ms=5000 if pattern else 300000,
     )
