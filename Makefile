@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export SOMA_HOME ?= $(HOME)/.cache/soma-gateway
 PY := $(SOMA_HOME)/venv/bin/python
 
-.PHONY: up down test bench logs status install install-dev infra lint
+.PHONY: up down test bench bench-peer logs status install install-dev infra lint
 
 # What the gateway runs on; install-dev adds what only tests, checks and benchmarks need.
 install:
@@ -38,7 +38,12 @@ test: install-dev infra
 	@PYTHONPATH=$(CURDIR) $(PY) -m pytest tests
 
 bench: install-dev infra
-	@PYTHONPATH=$(CURDIR) $(PY) -m bench.run
+	@PYTHONPATH=$(CURDIR) $(PY) -m bench.run $(BENCH_ARGS)
+
+# The gateway beside LiteLLM proxy (pinned, in a venv of its own under $(SOMA_HOME)/bench/,
+# installed once), same fake upstream, same arrivals, one run; BENCH_ARGS=--quick etc.
+bench-peer: install-dev infra
+	@PYTHONPATH=$(CURDIR) $(PY) -m bench.peer $(BENCH_ARGS)
 
 logs:
 	@tail -n 20 -F $(SOMA_HOME)/logs/*.log

@@ -1,22 +1,40 @@
-"""One Kafka hop, measured: a plain aiokafka stage loop against a faust-streaming agent.
+"""One Kafka hop, measured: the mesh's aiokafka stage loop with other client settings,
+librdkafka (confluent-kafka) driven from asyncio, and a faust-streaming agent.
 
-Why: every stage of the mesh is a consume → produce → commit hop, so the latency and CPU
-of one hop bound what the whole pipeline can do. This measures that hop on the real
-broker for the two ways we could write it, with the same driver and the same clock.
+Why: every stage of the mesh is a consume → produce → commit hop, and a turn crosses
+three before the model is called, so the latency and CPU of one hop bound the idle floor
+and what the whole pipeline can do. This measures that hop on the real broker for each
+client and setting, with the same driver, the same clock and the same durability:
+acks=all, an idempotent producer, read_committed consumers and manual commits (a variant
+may override one of them only to show what it would buy; the report names it).
 
 The driver (this process) produces timestamped records to a fresh topic A at a steady
 open-loop rate and reads topic B; the hop worker runs as a separate subprocess (so its
-CPU can be read from /proc) and forwards A → B:
+CPU, librdkafka's threads included, can be read from /proc) and forwards A → B:
 
-- ``aiokafka``: the producer and consumer of ``gateway_runtime.kafka`` (acks=all,
-  idempotent, linger 1 ms, fetch_max_wait 50 ms), produce the polled batch, await the
-  acks, then commit — the order the stage loop keeps.
-- ``faust``: a faust-streaming app (its bundled aiokafka driver) whose one agent on A
-  sends every value to B; memory store, no web server, no tables.
+- family ``aiokafka``: the consumer and producer of ``gateway_runtime.kafka`` with the
+  variant's overrides, run like ``gateway_runtime.stage.StageLoop``: getmany(100 ms),
+  one task per record (at most 64 in flight) that publishes with send_and_wait and marks
+  its offset done, commits of the finished prefix from a side task every 0.2 s. With
+  ``commit=batch`` it is the loop this bench first measured: produce the polled batch,
+  await its acks, commit synchronously, poll again.
+- family ``confluent``: the same loop over confluent-kafka. The consumer is
+  ``confluent_kafka.aio.AIOConsumer`` (consume() in a worker thread); the producer is a
+  plain ``Producer`` whose produce() is called on the event loop (it only enqueues) and
+  whose delivery reports are served by one thread blocked in poll() and handed to the
+  loop as futures. confluent-kafka 2.16's ``AIOProducer`` is not used: it buffers
+  records (batch_size 1000, flushed on a 1 s inactivity timer), resolves delivery
+  futures only on a later poll, and refuses headers, which every mesh record carries.
+- family ``faust``: a faust-streaming app (its bundled aiokafka driver) whose one agent
+  on A sends every value to B; memory store, no web server, no tables.
 
-Latency = receive time on B - send time in the payload (one process, one monotonic clock).
+Latency = receive time on B - send time in the payload (one process, one monotonic
+clock): it includes the driver's own produce and fetch, the same for every variant.
 
-    python -m bench.hop_latency --messages 2000 --rate 200 --runtime both
+    python -m bench.hop_latency --runtime aiokafka,confluent --rate 50,500 \\
+        --messages 1000,5000 --repeat 2
+    python -m bench.hop_latency --variant 'mine=aiokafka,c.fetch_max_wait_ms=20' \\
+        --runtime mine
 """
 
 from __future__ import annotations
@@ -24,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -40,16 +59,113 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 
+from gateway_runtime import kafka as mesh_kafka
 from gateway_runtime.kafka import KafkaConnection, make_admin, make_consumer, make_producer
 from gateway_runtime.kafka_credentials import ADMIN
+from gateway_runtime.offsets import OffsetTracker, Pending
+from gateway_runtime.settings import StageSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RUNTIMES = ("aiokafka", "faust")
 READY_TIMEOUT_S = 120.0  # a faust worker's first rebalance can take tens of seconds
 DRAIN_GRACE_S = 30.0  # how long after the last send the tail may still take
 STOP_GRACE_S = 20.0  # how long a worker gets to leave its group before it is killed
 PROBE_EVERY_S = 0.5
 STATS_MARK = "HOPSTATS "  # a worker's own counters, one log line, read back by the driver
+MAX_IN_FLIGHT = StageSettings.model_fields["max_in_flight"].default
+COMMIT_INTERVAL_S = StageSettings.model_fields["commit_interval_s"].default
+POLL_TIMEOUT_MS = 100  # what StageLoop.run passes to getmany
+
+# What a confluent-kafka stage would set to keep the mesh's durability and group timing
+# (gateway_runtime.kafka's make_producer / make_consumer) plus its latency knobs.
+CONFLUENT_PRODUCER = {
+    "acks": "all",
+    "enable.idempotence": True,
+    "linger.ms": 0,
+    "request.timeout.ms": 15000,
+    "socket.nagle.disable": True,
+}
+CONFLUENT_CONSUMER = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    "isolation.level": "read_committed",
+    "fetch.wait.max.ms": 50,
+    "session.timeout.ms": 10000,
+    "heartbeat.interval.ms": 1000,
+    "max.poll.interval.ms": 300000,
+    "socket.nagle.disable": True,
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to run the hop: a client family, its commit style and setting overrides
+    (consumer and producer keyword arguments of aiokafka, or librdkafka properties)."""
+
+    family: str  # aiokafka | confluent | faust
+    consumer: dict[str, Any] = field(default_factory=dict)
+    producer: dict[str, Any] = field(default_factory=dict)
+    commit: str = "side"  # side: StageLoop's timer task; batch: after each polled batch
+    note: str = ""
+
+
+VARIANTS: dict[str, Variant] = {
+    "aiokafka": Variant("aiokafka", note="make_consumer / make_producer as they are"),
+    "aiokafka-wait5": Variant("aiokafka", {"fetch_max_wait_ms": 5}),
+    "aiokafka-wait50": Variant("aiokafka", {"fetch_max_wait_ms": 50}),
+    "aiokafka-wait500": Variant("aiokafka", {"fetch_max_wait_ms": 500}),
+    "aiokafka-minbytes": Variant(
+        "aiokafka",
+        {"fetch_min_bytes": 16384, "max_partition_fetch_bytes": 262144},
+        note="fetch_min_bytes=16 KiB, max_partition_fetch_bytes=256 KiB",
+    ),
+    "aiokafka-uncommitted": Variant("aiokafka", {"isolation_level": "read_uncommitted"}),
+    "aiokafka-nocrc": Variant("aiokafka", {"check_crcs": False}),
+    "aiokafka-linger5": Variant("aiokafka", producer={"linger_ms": 5}),
+    "aiokafka-batch64k": Variant("aiokafka", producer={"linger_ms": 2, "max_batch_size": 65536}),
+    "aiokafka-batchcommit": Variant(
+        "aiokafka", commit="batch", note="the first bench loop: a synchronous commit per poll"
+    ),
+    "confluent": Variant("confluent", note="fetch.wait.max.ms=50, linger.ms=0, nagle off"),
+    "confluent-wait5": Variant("confluent", {"fetch.wait.max.ms": 5}),
+    "confluent-wait500": Variant("confluent", {"fetch.wait.max.ms": 500}),
+    "confluent-linger5": Variant("confluent", producer={"linger.ms": 5}),
+    "confluent-nagle": Variant(
+        "confluent",
+        {"socket.nagle.disable": False},
+        {"socket.nagle.disable": False},
+        note="librdkafka's default: Nagle on",
+    ),
+    "faust": Variant("faust", note="faust-streaming 0.15 agent, idempotent producer"),
+}
+DEFAULT_RUNTIMES = "aiokafka,faust"
+
+
+def parse_variant(spec: str) -> tuple[str, Variant]:
+    """NAME=FAMILY[,c.KEY=VALUE][,p.KEY=VALUE][,commit=side|batch]: a variant of one's own."""
+    name, _, body = spec.partition("=")
+    family, *pairs = body.split(",")
+    if not name or family not in ("aiokafka", "confluent"):
+        raise argparse.ArgumentTypeError(f"bad --variant {spec!r}")
+    consumer: dict[str, Any] = {}
+    producer: dict[str, Any] = {}
+    commit = "side"
+    for pair in pairs:
+        key, _, raw = pair.partition("=")
+        value: Any = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        elif raw.lstrip("-").isdigit():
+            value = int(raw)
+        if key == "commit":
+            commit = raw
+        elif key.startswith("c."):
+            consumer[key[2:]] = value
+        elif key.startswith("p."):
+            producer[key[2:]] = value
+        else:
+            raise argparse.ArgumentTypeError(f"bad --variant setting {pair!r} in {spec!r}")
+    return name, Variant(family, consumer, producer, commit, note=body)
 
 
 # ---- shared helpers ------------------------------------------------------------------
@@ -113,47 +229,289 @@ def start_watchdog(max_seconds: float, on_expire: Callable[[], None]) -> None:
 # ---- hop workers (run in the subprocess) ---------------------------------------------
 
 
-async def aiokafka_hop(args: argparse.Namespace) -> None:
-    """Consume A, produce the batch to B, await its acks, then commit it (at-least-once)."""
+def mesh_kwargs(factory: Callable[..., Any], client: str, *args: Any, **kw: Any) -> dict[str, Any]:
+    """The keyword arguments gateway_runtime.kafka's `factory` gives the aiokafka `client`
+    class, so every aiokafka variant is the mesh's configuration plus its overrides."""
+    captured: dict[str, Any] = {}
+
+    class Capture:
+        def __init__(self, **kwargs: Any) -> None:
+            captured.update(kwargs)
+
+    shipped = getattr(mesh_kafka, client)
+    setattr(mesh_kafka, client, Capture)
+    try:
+        factory(*args, **kw)
+    finally:
+        setattr(mesh_kafka, client, shipped)
+    return captured
+
+
+class StageLikeHop:
+    """StageLoop's shape without decoding or a handler: dispatch each polled record to a
+    task (at most MAX_IN_FLIGHT), publish and await the ack there, mark the offset done,
+    and commit the finished prefix from a side task."""
+
+    def __init__(
+        self,
+        poll: Callable[[], Any],
+        publish: Callable[[Any], Any],
+        commit: Callable[[dict[Any, int]], Any],
+    ) -> None:
+        self._poll, self._publish, self._commit_offsets = poll, publish, commit
+        self._offsets: OffsetTracker[Any] = OffsetTracker()
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.commit_ms: list[float] = []
+        self.batch_sizes: list[int] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        committer = asyncio.create_task(self._commit_periodically(stop))
+        try:
+            while not stop.is_set():
+                batch: list[tuple[Any, Any]] = await self._poll()
+                if batch:
+                    self.batch_sizes.append(len(batch))
+                for tp, record in batch:
+                    await self._slots.acquire()
+                    entry = self._offsets.start(tp, record_offset(record))
+                    task = asyncio.create_task(self._forward(record, entry))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            committer.cancel()
+            await asyncio.gather(committer, return_exceptions=True)
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=STOP_GRACE_S / 2)
+            await self._commit()
+
+    async def _forward(self, record: Any, entry: Pending) -> None:
+        try:
+            await self._publish(record)
+            entry.done = True
+        finally:
+            self._slots.release()
+
+    async def _commit_periodically(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(COMMIT_INTERVAL_S)
+            await self._commit()
+
+    async def _commit(self) -> None:
+        offsets = self._offsets.committable()
+        if offsets:
+            started = time.perf_counter()
+            await self._commit_offsets(offsets)
+            self.commit_ms.append((time.perf_counter() - started) * 1000)
+
+    def stats(self) -> dict[str, Any]:
+        self.commit_ms.sort()
+        return {
+            "batches": len(self.batch_sizes),
+            "mean_batch": round(sum(self.batch_sizes) / max(len(self.batch_sizes), 1), 2),
+            "commits": len(self.commit_ms),
+            "commit_p50_ms": round(percentile(self.commit_ms, 50), 2),
+            "commit_p99_ms": round(percentile(self.commit_ms, 99), 2),
+        }
+
+
+def record_offset(record: Any) -> int:
+    offset = record.offset
+    return int(offset() if callable(offset) else offset)  # confluent's Message.offset()
+
+
+def stop_event(args: argparse.Namespace) -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    start_watchdog(args.max_seconds, lambda: loop.call_soon_threadsafe(stop.set))
+
+    def expire() -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    start_watchdog(args.max_seconds, expire)
+    return stop
+
+
+async def aiokafka_hop(args: argparse.Namespace, variant: Variant) -> None:
+    """The mesh's aiokafka clients, with the variant's overrides, in a stage-like loop."""
+    stop = stop_event(args)
     login = kafka(args.bootstrap)
-    consumer = make_consumer(login, group_id=args.group, client_id=f"{args.group}-c")
-    producer = make_producer(login, client_id=f"{args.group}-p")
-    commit_ms: list[float] = []  # how long each synchronous commit held the loop
-    batch_sizes: list[int] = []
+    consumer = AIOKafkaConsumer(
+        **{
+            **mesh_kwargs(
+                make_consumer,
+                "AIOKafkaConsumer",
+                login,
+                group_id=args.group,
+                client_id=f"{args.group}-c",
+            ),
+            **variant.consumer,
+        }
+    )
+    producer = AIOKafkaProducer(
+        **{
+            **mesh_kwargs(make_producer, "AIOKafkaProducer", login, client_id=f"{args.group}-p"),
+            **variant.producer,
+        }
+    )
     await producer.start()
     await consumer.start()
+    stats: dict[str, Any] = {}
     try:
         consumer.subscribe([args.src])
-        while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=100)
-            if not batches:
-                continue
-            acks = [
-                await producer.send(args.dst, value=record.value, key=record.key)
-                for records in batches.values()
-                for record in records
-            ]
-            await asyncio.gather(*acks)
-            committing = time.perf_counter()
-            await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
-            commit_ms.append((time.perf_counter() - committing) * 1000)
-            batch_sizes.append(len(acks))
+        if variant.commit == "batch":
+            stats = await batch_commit_loop(consumer, producer, args.dst, stop)
+        else:
+
+            async def poll() -> list[tuple[Any, Any]]:
+                batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
+                return [(tp, r) for tp, records in batches.items() for r in records]
+
+            async def publish(record: Any) -> None:
+                await producer.send_and_wait(
+                    args.dst, value=record.value, key=record.key, headers=list(record.headers)
+                )
+
+            hop = StageLikeHop(poll, publish, consumer.commit)
+            try:
+                await hop.run(stop)
+            finally:
+                stats = hop.stats()
     finally:
         await consumer.stop()
         await producer.stop()
-        commit_ms.sort()
-        stats = {
-            "batches": len(batch_sizes),
-            "mean_batch": round(sum(batch_sizes) / max(len(batch_sizes), 1), 2),
-            "commit_p50_ms": round(percentile(commit_ms, 50), 2),
-            "commit_p99_ms": round(percentile(commit_ms, 99), 2),
-        }
         print(f"{STATS_MARK}{json.dumps(stats)}", flush=True)
+
+
+async def batch_commit_loop(
+    consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, dst: str, stop: asyncio.Event
+) -> dict[str, Any]:
+    """Consume, produce the batch, await its acks, commit it, and only then poll again."""
+    commit_ms: list[float] = []
+    batch_sizes: list[int] = []
+    while not stop.is_set():
+        batches = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS)
+        if not batches:
+            continue
+        acks = [
+            await producer.send(dst, value=record.value, key=record.key)
+            for records in batches.values()
+            for record in records
+        ]
+        await asyncio.gather(*acks)
+        committing = time.perf_counter()
+        await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+        commit_ms.append((time.perf_counter() - committing) * 1000)
+        batch_sizes.append(len(acks))
+    commit_ms.sort()
+    return {
+        "batches": len(batch_sizes),
+        "mean_batch": round(sum(batch_sizes) / max(len(batch_sizes), 1), 2),
+        "commit_p50_ms": round(percentile(commit_ms, 50), 2),
+        "commit_p99_ms": round(percentile(commit_ms, 99), 2),
+    }
+
+
+class PolledProducer:
+    """confluent_kafka.Producer for asyncio: produce() only enqueues, so it is called on
+    the loop; one thread blocks in poll() to serve delivery reports and resolves each
+    send's future on the loop as the broker acknowledges it."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from confluent_kafka import Producer
+
+        self._loop = asyncio.get_running_loop()
+        self._producer = Producer(config)
+        self._closing = threading.Event()
+        self._poller = threading.Thread(target=self._serve, name="producer-poll", daemon=True)
+        self._poller.start()
+
+    def _serve(self) -> None:
+        while not self._closing.is_set():
+            self._producer.poll(0.1)  # returns as soon as a delivery report is ready
+
+    def _delivered(self, future: asyncio.Future[Any], err: Any, msg: Any) -> None:
+        self._loop.call_soon_threadsafe(_settle, future, err, msg)
+
+    async def send_and_wait(self, topic: str, value: Any, key: Any, headers: Any) -> Any:
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._producer.produce(
+            topic,
+            value=value,
+            key=key,
+            headers=headers,
+            on_delivery=functools.partial(self._delivered, future),
+        )
+        return await future
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._producer.flush, 10.0)
+        self._closing.set()
+        await asyncio.to_thread(self._poller.join, 1.0)
+
+
+def _settle(future: asyncio.Future[Any], err: Any, msg: Any) -> None:
+    if future.done():
+        return
+    if err is not None:
+        future.set_exception(RuntimeError(f"delivery failed: {err}"))
+    else:
+        future.set_result(msg)
+
+
+async def confluent_hop(args: argparse.Namespace, variant: Variant) -> None:
+    """The same stage-like loop over librdkafka: AIOConsumer and a polled Producer."""
+    from confluent_kafka import TopicPartition as RdTopicPartition
+    from confluent_kafka.aio import AIOConsumer
+
+    stop = stop_event(args)
+    login = kafka(args.bootstrap).librdkafka_config()
+    consumer = AIOConsumer(
+        {
+            **login,
+            **CONFLUENT_CONSUMER,
+            "group.id": args.group,
+            "client.id": f"{args.group}-c",
+            **variant.consumer,
+        },
+        max_workers=4,  # consume() and a commit may run at once; nothing more
+    )
+    producer = PolledProducer(
+        {**login, **CONFLUENT_PRODUCER, "client.id": f"{args.group}-p", **variant.producer}
+    )
+    hop: StageLikeHop | None = None
+    try:
+        await consumer.subscribe([args.src])
+
+        async def poll() -> list[tuple[Any, Any]]:
+            # consume(n, timeout) waits out its timeout unless n records came: wait for
+            # the first with poll(), then take whatever else is already fetched.
+            first = await consumer.poll(POLL_TIMEOUT_MS / 1000)
+            if first is None:
+                return []
+            messages = [first, *await consumer.consume(num_messages=499, timeout=0)]
+            batch = []
+            for m in messages:
+                if m.error():
+                    print(f"consume error: {m.error()}", file=sys.stderr, flush=True)
+                    continue
+                batch.append(((m.topic(), m.partition()), m))
+            return batch
+
+        async def publish(m: Any) -> None:
+            await producer.send_and_wait(args.dst, m.value(), m.key(), m.headers())
+
+        async def commit(offsets: dict[Any, int]) -> None:
+            tps = [RdTopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            await consumer.commit(offsets=tps, asynchronous=False)
+
+        hop = StageLikeHop(poll, publish, commit)
+        await hop.run(stop)
+    finally:
+        await consumer.close()
+        await producer.close()
+        print(f"{STATS_MARK}{json.dumps(hop.stats() if hop else {})}", flush=True)
 
 
 def faust_hop(args: argparse.Namespace) -> None:
@@ -173,13 +531,13 @@ def faust_hop(args: argparse.Namespace) -> None:
     if args.faust_fetch_max_wait_ms is not None:
         # The driver hardcodes fetch_max_wait_ms=1500 for worker consumers; no setting exists.
         wait_ms = args.faust_fetch_max_wait_ms
-        shipped = faust_aiokafka.aiokafka.AIOKafkaConsumer
+        shipped = faust_aiokafka.aiokafka.AIOKafkaConsumer  # type: ignore[attr-defined]
 
         class ShorterWaitConsumer(shipped):  # type: ignore[misc, valid-type]
             def __init__(self, *a: Any, **kw: Any) -> None:
                 super().__init__(*a, **{**kw, "fetch_max_wait_ms": wait_ms})
 
-        faust_aiokafka.aiokafka.AIOKafkaConsumer = ShorterWaitConsumer  # type: ignore[misc]
+        faust_aiokafka.aiokafka.AIOKafkaConsumer = ShorterWaitConsumer  # type: ignore[attr-defined]
 
     datadir_ctx = tempfile.TemporaryDirectory(prefix="hopbench-faust-")
     datadir = datadir_ctx.name
@@ -229,8 +587,11 @@ def faust_hop(args: argparse.Namespace) -> None:
 
 
 def run_worker(args: argparse.Namespace) -> None:
-    if args.worker == "aiokafka":
-        asyncio.run(aiokafka_hop(args))
+    variant = Variant(**json.loads(args.worker_spec))
+    if variant.family == "aiokafka":
+        asyncio.run(aiokafka_hop(args, variant))
+    elif variant.family == "confluent":
+        asyncio.run(confluent_hop(args, variant))
     else:
         faust_hop(args)
 
@@ -292,6 +653,8 @@ class SendStats:
 @dataclass
 class HopResult:
     runtime: str
+    rate: float
+    run: int
     messages: int
     received: int
     duplicates: int
@@ -304,6 +667,7 @@ class HopResult:
     recv_rate: float
     cpu_s_per_1k: float
     cpu_pct: float
+    idle_cpu_ms_per_s: float  # the worker's CPU with nothing to forward (empty fetches)
     rss_mib: float
     sender_lag_max_ms: float
     worker_stats: dict[str, Any]
@@ -314,9 +678,17 @@ def payload(tag: str, phase: str, seq: int, stamp_ns: int, pad: str) -> bytes:
 
 
 async def send_open_loop(
-    producer: AIOKafkaProducer, topic: str, tag: str, phase: str, n: int, rate: float, pad: str
+    producer: AIOKafkaProducer,
+    topic: str,
+    tag: str,
+    phase: str,
+    n: int,
+    rate: float,
+    pad: str,
+    keys: int,
 ) -> SendStats:
-    """Send n records on a fixed schedule: a slow hop never slows the offered load."""
+    """Send n records on a fixed schedule: a slow hop never slows the offered load.
+    Each carries an event-id header, as every mesh record does, and one of `keys` keys."""
     interval_ns = 1e9 / rate
     start = time.monotonic_ns()
     acks: list[asyncio.Future[Any]] = []
@@ -332,17 +704,27 @@ async def send_open_loop(
         if seq == 0:
             first = now
         last = now
-        acks.append(await producer.send(topic, payload(tag, phase, seq, now, pad)))
+        headers = [("event-id", f"{tag}-{phase}-{seq}".encode())]
+        value = payload(tag, phase, seq, now, pad)
+        acks.append(
+            await producer.send(topic, value, key=f"s{seq % keys}".encode(), headers=headers)
+        )
     await asyncio.wait_for(asyncio.gather(*acks), DRAIN_GRACE_S)
     return SendStats(n, first, last, lag_max / 1e6)
 
 
 async def spawn_worker(
-    runtime: str, opts: argparse.Namespace, src: str, dst: str, group: str, log_path: Path
+    variant: Variant,
+    opts: argparse.Namespace,
+    rate: float,
+    messages: int,
+    topics: tuple[str, str, str],
+    log_path: Path,
 ) -> asyncio.subprocess.Process:
-    budget = READY_TIMEOUT_S + (opts.warmup + opts.messages) / opts.rate + 4 * DRAIN_GRACE_S
+    src, dst, group = topics
+    budget = READY_TIMEOUT_S + opts.idle_s + (opts.warmup + messages) / rate + 4 * DRAIN_GRACE_S
     cmd = [
-        sys.executable, "-m", "bench.hop_latency", "--worker", runtime,
+        sys.executable, "-m", "bench.hop_latency", "--worker-spec", json.dumps(asdict(variant)),
         "--bootstrap", opts.bootstrap, "--src", src, "--dst", dst, "--group", group,
         "--partitions", str(opts.partitions), "--max-seconds", f"{budget:.0f}",
     ]  # fmt: skip
@@ -371,7 +753,7 @@ async def stop_worker(proc: asyncio.subprocess.Process) -> None:
 
 
 def worker_stats(path: Path) -> dict[str, Any]:
-    """The counters a worker printed on its way out (the aiokafka worker's commit times)."""
+    """The counters a worker printed on its way out (batch sizes, commit times)."""
     with contextlib.suppress(OSError, ValueError):
         for line in reversed(path.read_text(errors="replace").splitlines()):
             if line.startswith(STATS_MARK):
@@ -431,9 +813,11 @@ async def delete_topics(bootstrap: str, prefix: str) -> list[str]:
         await admin.close()
 
 
-async def bench_runtime(runtime: str, opts: argparse.Namespace) -> HopResult:
-    """Fresh topics, a fresh worker, probe → warm-up → measured run, then clean up."""
-    tag = f"hopbench-{runtime}-{uuid.uuid4().hex[:8]}"
+async def bench_runtime(
+    name: str, variant: Variant, opts: argparse.Namespace, rate: float, messages: int, run: int
+) -> HopResult:
+    """Fresh topics, a fresh worker, probe → idle → warm-up → measured run, then clean up."""
+    tag = f"hopbench-{name}-{uuid.uuid4().hex[:8]}"
     src, dst, group = f"{tag}-a", f"{tag}-b", f"{tag}-g"
     log_path = Path(tempfile.gettempdir()) / f"{tag}.log"
     pad = "x" * opts.payload_bytes
@@ -454,24 +838,27 @@ async def bench_runtime(runtime: str, opts: argparse.Namespace) -> HopResult:
         consumer.assign([TopicPartition(dst, p) for p in range(opts.partitions)])
         receiver = Receiver(consumer, tag)
         reader = asyncio.create_task(receiver.run())
-        proc = await spawn_worker(runtime, opts, src, dst, group, log_path)
+        proc = await spawn_worker(variant, opts, rate, messages, (src, dst, group), log_path)
         ready_s = await wait_ready(proc, producer, receiver, src, log_path)
-        print(f"[{runtime}] worker ready after {ready_s:.1f}s; log {log_path}", file=sys.stderr)
+        print(f"[{name} @{rate:g}/s] worker ready after {ready_s:.1f}s; log {log_path}",
+              file=sys.stderr)  # fmt: skip
 
-        await send_open_loop(producer, src, tag, "w", opts.warmup, opts.rate, pad)
+        idle0, idle_wall0 = cpu_seconds(proc.pid), time.monotonic()
+        await asyncio.sleep(opts.idle_s)
+        idle_cpu = (cpu_seconds(proc.pid) - idle0) / (time.monotonic() - idle_wall0)
+
+        await send_open_loop(producer, src, tag, "w", opts.warmup, rate, pad, opts.keys)
         if not await receiver.wait_for("w", opts.warmup, DRAIN_GRACE_S):
             raise TimeoutError(f"warm-up: {receiver.count('w')}/{opts.warmup} came back")
         await asyncio.sleep(0.5)  # let the warm-up's commits settle before the CPU baseline
 
         cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
-        sent = await send_open_loop(producer, src, tag, "m", opts.messages, opts.rate, pad)
-        complete = await receiver.wait_for("m", opts.messages, DRAIN_GRACE_S)
+        sent = await send_open_loop(producer, src, tag, "m", messages, rate, pad, opts.keys)
+        complete = await receiver.wait_for("m", messages, DRAIN_GRACE_S)
         cpu1, wall1 = cpu_seconds(proc.pid), time.monotonic()
         rss = rss_mib(proc.pid)
         if not complete:
-            print(
-                f"[{runtime}] only {receiver.count('m')}/{opts.messages} arrived", file=sys.stderr
-            )
+            print(f"[{name}] only {receiver.count('m')}/{messages} arrived", file=sys.stderr)
     finally:
         if reader is not None:
             reader.cancel()
@@ -482,15 +869,17 @@ async def bench_runtime(runtime: str, opts: argparse.Namespace) -> HopResult:
         await consumer.stop()
         await producer.stop()
         deleted = await delete_topics(opts.bootstrap, tag)
-        print(f"[{runtime}] deleted topics {deleted}", file=sys.stderr)
+        print(f"[{name}] deleted topics {deleted}", file=sys.stderr)
 
     arrivals = receiver.arrivals.get("m", {})
     lat = sorted((recv - sent_ns) / 1e6 for sent_ns, recv in arrivals.values())
     last_recv = max((recv for _, recv in arrivals.values()), default=sent.first_ns)
     n = len(lat)
     return HopResult(
-        runtime=runtime,
-        messages=opts.messages,
+        runtime=name,
+        rate=rate,
+        run=run,
+        messages=messages,
         received=n,
         duplicates=receiver.duplicates.get("m", 0),
         p50_ms=percentile(lat, 50),
@@ -500,8 +889,9 @@ async def bench_runtime(runtime: str, opts: argparse.Namespace) -> HopResult:
         mean_ms=sum(lat) / n if n else float("nan"),
         send_rate=(sent.sent - 1) / max((sent.last_ns - sent.first_ns) / 1e9, 1e-9),
         recv_rate=n / max((last_recv - sent.first_ns) / 1e9, 1e-9),
-        cpu_s_per_1k=(cpu1 - cpu0) / opts.messages * 1000,
+        cpu_s_per_1k=(cpu1 - cpu0) / messages * 1000,
         cpu_pct=100 * (cpu1 - cpu0) / (wall1 - wall0),
+        idle_cpu_ms_per_s=idle_cpu * 1000,
         rss_mib=rss,
         sender_lag_max_ms=sent.lag_max_ms,
         worker_stats=worker_stats(log_path),
@@ -510,49 +900,108 @@ async def bench_runtime(runtime: str, opts: argparse.Namespace) -> HopResult:
 
 def print_table(results: list[HopResult]) -> None:
     head = (
-        f"{'runtime':<9} {'recv':>11} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'max ms':>7} "
-        f"{'send/s':>7} {'recv/s':>7} {'cpu s/1k':>8} {'cpu %':>6} {'rss MiB':>7}"
+        f"{'runtime':<21} {'rate':>5} {'run':>3} {'recv':>11} {'p50 ms':>7} {'p90 ms':>7} "
+        f"{'p99 ms':>7} {'max ms':>7} {'recv/s':>7} {'cpu s/1k':>8} {'cpu %':>6} "
+        f"{'idle ms/s':>9} {'rss MiB':>7} {'batch':>6}"
     )
     print(head)
     print("-" * len(head))
-    for r in results:
+    for r in sorted(results, key=lambda r: (r.rate, r.runtime, r.run)):
         print(
-            f"{r.runtime:<9} {f'{r.received}/{r.messages}':>11} {r.p50_ms:>7.2f} {r.p90_ms:>7.2f} "
-            f"{r.p99_ms:>7.2f} {r.max_ms:>7.2f} {r.send_rate:>7.1f} {r.recv_rate:>7.1f} "
-            f"{r.cpu_s_per_1k:>8.3f} {r.cpu_pct:>6.1f} {r.rss_mib:>7.1f}"
+            f"{r.runtime:<21} {r.rate:>5g} {r.run:>3} {f'{r.received}/{r.messages}':>11} "
+            f"{r.p50_ms:>7.2f} {r.p90_ms:>7.2f} {r.p99_ms:>7.2f} {r.max_ms:>7.2f} "
+            f"{r.recv_rate:>7.1f} {r.cpu_s_per_1k:>8.3f} {r.cpu_pct:>6.1f} "
+            f"{r.idle_cpu_ms_per_s:>9.1f} {r.rss_mib:>7.1f} "
+            f"{r.worker_stats.get('mean_batch', float('nan')):>6}"
         )
 
 
 async def drive(opts: argparse.Namespace) -> int:
-    runtimes = RUNTIMES if opts.runtime == "both" else (opts.runtime,)
-    results = [await bench_runtime(runtime, opts) for runtime in runtimes]
+    results: list[HopResult] = []
+    for run in range(1, opts.repeat + 1):
+        for rate, messages in zip(opts.rates, opts.message_counts, strict=True):
+            names = opts.runtimes if run % 2 else list(reversed(opts.runtimes))
+            for name in names:  # alternate the order between runs: drift hits all alike
+                results.append(
+                    await bench_runtime(name, opts.variants[name], opts, rate, messages, run)
+                )
+                if opts.json_out:
+                    dump(opts, results)
     print_table(results)
-    summary = {
+    print(json.dumps(summary(opts, results)))
+    return 0 if all(r.received == r.messages for r in results) else 1
+
+
+def summary(opts: argparse.Namespace, results: list[HopResult]) -> dict[str, Any]:
+    return {
         "bench": "hop_latency",
         "bootstrap": opts.bootstrap,
-        "messages": opts.messages,
-        "rate": opts.rate,
+        "rates": opts.rates,
+        "messages": opts.message_counts,
         "warmup": opts.warmup,
         "partitions": opts.partitions,
         "payload_bytes": opts.payload_bytes,
+        "keys": opts.keys,
+        "variants": {n: asdict(opts.variants[n]) for n in opts.runtimes},
         "results": [
             {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(r).items()}
             for r in results
         ],
     }
-    print(json.dumps(summary))
-    return 0 if all(r.received == r.messages for r in results) else 1
+
+
+def dump(opts: argparse.Namespace, results: list[HopResult]) -> None:
+    """Results so far, after every measurement: a long run that dies keeps what it had."""
+    Path(opts.json_out).write_text(json.dumps(summary(opts, results), indent=1))
+
+
+def numbers(text: str, kind: Callable[[str], Any]) -> list[Any]:
+    return [kind(part) for part in text.split(",") if part]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--messages", type=int, default=2000, help="measured records per runtime")
-    p.add_argument("--rate", type=float, default=200.0, help="offered records per second")
-    p.add_argument("--runtime", choices=[*RUNTIMES, "both"], default="both")
+    listing = "\n".join(
+        f"  {n:<21} {v.family}: {v.note or {**v.consumer, **v.producer}}"
+        for n, v in VARIANTS.items()
+    )
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=f"runtimes:\n{listing}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--runtime",
+        default=DEFAULT_RUNTIMES,
+        help="comma-separated runtimes (below, or --variant names), or 'all'",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        type=parse_variant,
+        metavar="NAME=FAMILY[,c.KEY=V][,p.KEY=V]",
+        help="a runtime of one's own: aiokafka kwargs or librdkafka properties "
+        "for the consumer (c.) and producer (p.), over the mesh's",
+    )
+    p.add_argument("--rate", default="200", help="offered records per second, comma-separated")
+    p.add_argument(
+        "--messages",
+        default="2000",
+        help="records measured per runtime: one count, or one per rate",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="measure every pair this many times")
     p.add_argument("--warmup", type=int, default=200, help="uncounted records sent first")
+    p.add_argument("--idle-s", type=float, default=3.0, help="idle CPU window before warm-up")
     p.add_argument("--partitions", type=int, default=1)
+    p.add_argument(
+        "--keys",
+        type=int,
+        default=64,
+        help="distinct record keys (sessions); 1 puts every record on one partition",
+    )
     p.add_argument("--payload-bytes", type=int, default=200, help="padding in each record")
     p.add_argument("--bootstrap", default=None, help="default: KAFKA_BOOTSTRAP_SERVERS")
+    p.add_argument("--json-out", default=None, help="also write the results here, as they come")
     p.add_argument(
         "--no-faust-idempotent",
         dest="faust_idempotent",
@@ -566,21 +1015,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="override the 1500 ms faust hardcodes for its consumer (default: as shipped)",
     )
     # Internal: the hop worker subprocess.
-    p.add_argument("--worker", choices=RUNTIMES, help=argparse.SUPPRESS)
+    p.add_argument("--worker-spec", help=argparse.SUPPRESS)
     p.add_argument("--src", help=argparse.SUPPRESS)
     p.add_argument("--dst", help=argparse.SUPPRESS)
     p.add_argument("--group", help=argparse.SUPPRESS)
     p.add_argument("--max-seconds", type=float, default=600.0, help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
-    if opts.messages < 1 or opts.rate <= 0 or opts.warmup < 1 or opts.partitions < 1:
-        p.error("--messages, --warmup and --partitions must be >= 1 and --rate > 0")
+    opts.variants = {**VARIANTS, **dict(opts.variant)}
+    opts.runtimes = list(VARIANTS) if opts.runtime == "all" else numbers(opts.runtime, str)
+    if opts.runtime == "both":  # the first bench's spelling
+        opts.runtimes = DEFAULT_RUNTIMES.split(",")
+    unknown = [n for n in opts.runtimes if n not in opts.variants]
+    if unknown:
+        p.error(f"unknown runtime(s) {unknown}; see the list below --help")
+    opts.rates = numbers(opts.rate, float)
+    opts.message_counts = numbers(opts.messages, int)
+    if len(opts.message_counts) == 1:
+        opts.message_counts *= len(opts.rates)
+    if len(opts.message_counts) != len(opts.rates):
+        p.error("--messages takes one count, or one per --rate")
+    if min(opts.message_counts) < 1 or min(opts.rates) <= 0 or opts.warmup < 1:
+        p.error("--messages and --warmup must be >= 1 and --rate > 0")
+    if opts.partitions < 1 or opts.repeat < 1 or opts.keys < 1:
+        p.error("--partitions, --keys and --repeat must be >= 1")
     opts.bootstrap = opts.bootstrap or default_bootstrap()
     return opts
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    if opts.worker:
+    if opts.worker_spec:
         run_worker(opts)
         return 0
     return asyncio.run(drive(opts))

@@ -5,11 +5,13 @@ Redis, OpenFGA and OPA, a database and a Kafka namespace, so a running `make up`
 left alone), drives it with open-loop load (bench/load.py) for each LLM transport, and
 charges the CPU each process burnt to the turns of the window, so the report says not
 only how fast but what limits the rate on this machine. The run fails (exit 1) when an
-accepted turn was not stored or an answer came back short.
+accepted turn was not stored or an answer lacked some of the fake's 20 tokens. The
+side-by-side run with LiteLLM proxy (bench/peer.py) reuses its stack.
 
     python -m bench.run              # everything, ~6-8 minutes on 2 cores
     python -m bench.run --quick      # ~2 minutes
     python -m bench.run --transports http --scenarios latency --rate 40
+    python -m bench.run --replicas 2 # two processes of each stage worker
 """
 
 from __future__ import annotations
@@ -17,30 +19,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
-from bench.load import Client, LoadRun, TurnResult, percentile, run_load, upstream_ttft
+from bench.accounting import CpuProbe, count_stored, cpu_summary, infra_pids, machine_info
+from bench.load import Client, LoadRun, percentile, run_load, settle, upstream_ttft
 from bench.stage_latency import StageWindow, scrape
 from gateway_runtime.settings import CommonSettings
-from testbed.mesh import ROOT, Mesh, mesh_env, provision, start_fake_upstream, start_mesh
-from testbed.sandbox import COMPONENTS, Sandbox, free_port
+from testbed.mesh import (
+    Mesh,
+    mesh_env,
+    provision,
+    replica_names,
+    start_fake_upstream,
+    start_mesh,
+)
+from testbed.sandbox import ROOT, Sandbox, free_port
+
+__all__ = ["machine_info", "run_bench", "tear_down"]  # what other benchmarks reuse
 
 log = logging.getLogger("bench")
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 REPORTS = ROOT / "bench" / "reports"
 
 
@@ -61,149 +68,117 @@ FULL = Plan(3, 40, 20, (20, 40, 60, 65, 80, 100), 12, 10, 2000)
 QUICK = Plan(2, 40, 8, (20, 40, 60, 80), 6, 10, 2000)
 
 
-# ---- per-process CPU ------------------------------------------------------------------
-
-
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, utime+stime ticks) for every process now alive."""
-    table: dict[int, tuple[int, int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        rest = data[data.rfind(b")") + 2 :].split()
-        table[int(entry.name)] = (int(rest[1]), int(rest[11]) + int(rest[12]))
-    return table
-
-
-def _tree_ticks(root: int, table: dict[int, tuple[int, int]]) -> int | None:
-    """CPU ticks of a process and its live descendants (Postgres backends, JVM wrappers).
-
-    The bench process itself (the load generator) is the parent of the whole mesh, so it
-    counts alone.
-    """
-    if root not in table:
-        return None
-    if root == os.getpid():
-        return table[root][1]
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    total, todo, seen = 0, [root], set()
-    while todo and len(seen) < 10_000:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        total += table[pid][1]
-        todo.extend(children.get(pid, ()))
-    return total
-
-
-def infra_pids(sandbox: Sandbox) -> dict[str, int]:
-    """The backing services' pids: the machine's Kafka and Postgres, the sandbox's others."""
-    state = sandbox.base.soma_home / "state"
-    pids: dict[str, int] = {}
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        pids["kafka"] = int((state / "kafka.pid").read_text().split()[0])
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        pids["postgres"] = int((state / "postgres" / "postmaster.pid").read_text().split()[0])
-    for name in COMPONENTS:
-        with contextlib.suppress(OSError, ValueError):
-            pids[name] = sandbox.pid(name)
-    return pids
-
-
-def _machine_busy_ticks() -> int:
-    """All CPUs' non-idle ticks (/proc/stat), to see what else competes for the cores."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
-
-
-class CpuProbe:
-    """Snapshots of CPU ticks per named process tree; read the pids anew at every snap."""
-
-    def __init__(self, pids: Callable[[], dict[str, int]]) -> None:
-        self._pids = pids
-        self._before: dict[str, tuple[int, int]] = {}
-        self._t0 = 0.0
-        self._busy0 = 0
-
-    def start(self) -> None:
-        table = _proc_table()
-        self._t0 = time.monotonic()
-        self._busy0 = _machine_busy_ticks()
-        self._before = {}
-        for name, pid in self._pids().items():
-            ticks = _tree_ticks(pid, table)
-            if ticks is not None:
-                self._before[name] = (pid, ticks)
-
-    def stop(self) -> dict[str, Any]:
-        """CPU ms per process since start(), and the wall time; a restarted pid is dropped."""
-        table = _proc_table()
-        wall = time.monotonic() - self._t0
-        busy_ms = (_machine_busy_ticks() - self._busy0) * 1000 / CLK_TCK
-        cpu_ms: dict[str, float] = {}
-        for name, pid in self._pids().items():
-            before = self._before.get(name)
-            ticks = _tree_ticks(pid, table)
-            if before is None or before[0] != pid or ticks is None:
-                continue
-            cpu_ms[name] = (ticks - before[1]) * 1000 / CLK_TCK
-        return {"wall_s": wall, "cpu_ms": cpu_ms, "machine_busy_ms": busy_ms}
-
-
 # ---- the stack ------------------------------------------------------------------------
 
 
-async def use_transport(mesh: Mesh, transport: str) -> None:
-    """Restart the llm_worker (SIGTERM, graceful) with LLM_TRANSPORT=transport."""
-    if mesh.env.get("LLM_TRANSPORT") == transport and "llm_worker" in mesh.processes:
+async def use_transport(mesh: Mesh, transport: str, replicas: int = 1) -> None:
+    """Restart the llm_worker replicas (SIGTERM, graceful) with LLM_TRANSPORT=transport."""
+    names = replica_names("llm_worker", replicas)
+    if mesh.env.get("LLM_TRANSPORT") == transport and all(n in mesh.processes for n in names):
         return
-    proc = mesh.processes.pop("llm_worker", None)
-    if proc is not None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    for name in names:
+        proc = mesh.processes.pop(name, None)
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
     mesh.env["LLM_TRANSPORT"] = transport
-    mesh.start("llm_worker")
-    await mesh.wait_group_members("llm")
+    for name in names:
+        mesh.start(name, "llm_worker")
+    await mesh.wait_group_members("llm", count=replicas)
 
 
-async def count_stored(dsn: str, turn_ids: list[str], timeout_s: float = 60) -> dict[str, int]:
-    """Rows in `turns` for these ids, waiting (bounded) for the persistence stage to catch up."""
-    conn = await asyncpg.connect(dsn)
+def policy_ports(mesh: Mesh, replicas: int) -> list[int]:
+    """A /metrics port for each policy replica (the policy stage's own latency)."""
+    ports = []
+    for name in replica_names("policy_worker", replicas):
+        ports.append(free_port())
+        mesh.env_of[name] = {"METRICS_PORT": str(ports[-1])}
+    return ports
+
+
+def scrape_all(ports: list[int], stage: str) -> dict[float, float]:
+    """A stage's cumulative buckets summed over its replicas."""
+    total: dict[float, float] = {}
+    for port in ports:
+        for bound, count in scrape(port, stage).items():
+            total[bound] = total.get(bound, 0.0) + count
+    return total
+
+
+@dataclass
+class Stack:
+    """The fake upstream and a whole mesh in a sandbox: what a benchmark drives."""
+
+    sandbox: Sandbox
+    mesh: Mesh
+    fake: subprocess.Popen[bytes]
+    fake_url: str  # the fake's base (no /v1)
+    upstream_ttft_ms: dict[str, float]  # the fake's, as a direct client sees it
+    policy_metrics_ports: list[int]
+    admin_key: str  # the sandbox's bootstrap key (operator, admin, turns)
+
+    def pids(self) -> dict[str, int]:
+        """Every process a window's CPU is read from, by name (read anew at every snap)."""
+        named = {n: p.pid for n, p in self.mesh.processes.items()}
+        return {
+            **named,
+            "fake_upstream": self.fake.pid,
+            "loadgen": os.getpid(),
+            **infra_pids(self.sandbox),
+        }
+
+    @property
+    def charged(self) -> set[str]:
+        """The gateway's processes: the mesh and its backing services (not the fake, not
+        the load generator)."""
+        return set(self.pids()) - {"fake_upstream", "loadgen"}
+
+    async def close(self) -> None:
+        await tear_down(self.sandbox, self.mesh, self.fake)
+
+
+async def open_stack(
+    *, own: tuple[str, ...] = (), replicas: int = 1, purpose: str = "bench", **env: str
+) -> Stack:
+    """A sandbox (own: which of Kafka and Postgres are its own servers), the fake
+    upstream, and a mesh on it with `replicas` of each stage worker, taking turns."""
+    sandbox = await Sandbox.open(purpose, CommonSettings(), own=own)
+    fake: subprocess.Popen[bytes] | None = None
+    mesh: Mesh | None = None
     try:
-        deadline = time.monotonic() + timeout_s
-        last, since = -1, time.monotonic()
-        while True:
-            row = await conn.fetchrow(
-                "SELECT count(*) AS n, count(*) FILTER (WHERE status = 'completed') AS completed"
-                " FROM turns WHERE turn_id = ANY($1::text[])",
-                turn_ids,
-            )
-            stored = int(row["n"])
-            if stored != last:
-                last, since = stored, time.monotonic()
-            now = time.monotonic()
-            if stored >= len(turn_ids) or now > deadline or now - since > 10:
-                return {
-                    "total": len(turn_ids),
-                    "stored": stored,
-                    "completed": int(row["completed"]),
-                }
-            await asyncio.sleep(0.5)
-    finally:
-        await conn.close()
+        fake, fake_url = start_fake_upstream(sandbox.dir)
+        direct = await upstream_ttft("127.0.0.1", int(fake_url.rsplit(":", 1)[1]))
+        mesh = Mesh(env=mesh_env(sandbox, fake_url + "/v1", **env), log_dir=sandbox.dir)
+        ports = policy_ports(mesh, replicas)
+        log.info("starting mesh %s x%d (logs %s)", sandbox.namespace, replicas, sandbox.dir)
+        mesh.operator_key = await provision(mesh.env)
+        await start_mesh(mesh, replicas=replicas)
+        return Stack(
+            sandbox=sandbox,
+            mesh=mesh,
+            fake=fake,
+            fake_url=fake_url,
+            upstream_ttft_ms={
+                "configured": 50.0,
+                "p50": percentile(direct, 50),
+                "p99": percentile(direct, 99),
+                "used": percentile(direct, 50),
+                "samples": len(direct),
+            },
+            policy_metrics_ports=ports,
+            admin_key=mesh.operator_key,
+        )
+    except BaseException:
+        if mesh is not None:
+            mesh.stop_all()
+        if fake is not None:
+            fake.terminate()
+        await sandbox.close()
+        raise
 
 
 async def tear_down(sandbox: Sandbox, mesh: Mesh, fake: subprocess.Popen[bytes]) -> None:
@@ -229,7 +204,7 @@ def failures(report: dict[str, Any]) -> list[str]:
         runs += t.get("throughput", {}).get("steps", [])
         short = sum(r["short_answers"] for r in runs)
         if short:
-            found.append(f"{t['transport']}: {short} answers had fewer than 20 deltas")
+            found.append(f"{t['transport']}: {short} answers lacked some of the 20 tokens")
     return found
 
 
@@ -246,7 +221,7 @@ class Bench:
     plan: Plan
     prefix: str
     turn_ids: list[str]
-    policy_metrics_port: int
+    policy_metrics_ports: list[int]
     runs: int = 0
 
     async def load(self, rate: float, duration_s: float) -> dict[str, Any]:
@@ -255,7 +230,7 @@ class Bench:
         policy_before: dict[float, float] = {}
 
         def window_start() -> None:
-            policy_before.update(scrape(self.policy_metrics_port, "policy"))
+            policy_before.update(scrape_all(self.policy_metrics_ports, "policy"))
             self.probe.start()
 
         run: LoadRun = await run_load(
@@ -269,48 +244,22 @@ class Bench:
             on_window_start=window_start,
         )
         cpu = self.probe.stop()
-        policy = StageWindow(policy_before, scrape(self.policy_metrics_port, "policy"))
+        policy = StageWindow(policy_before, scrape_all(self.policy_metrics_ports, "policy"))
         self.turn_ids += [t.turn_id for t in run.turns if t.turn_id]
         summary = run.summary(self.upstream_ttft_ms, self.plan.p99_limit_ms)
-        measured = max(1, len(run.measured))
-        summary["cpu"] = {
-            "wall_s": cpu["wall_s"],
-            "ms_per_turn": {k: v / measured for k, v in cpu["cpu_ms"].items()},
-            "cores_used": {k: v / 1000 / cpu["wall_s"] for k, v in cpu["cpu_ms"].items()},
-        }
-        summary["cpu"]["ms_per_turn_total"] = sum(summary["cpu"]["ms_per_turn"].values())
+        summary["cpu"] = cpu_summary(cpu, len(run.measured))
         # The policy stage's own handling time (its checks), apart from the hops around it.
         summary["policy_stage"] = policy.summary()
-        # Everything the machine ran that is not ours (other jobs sharing the cores).
-        summary["cpu"]["other_cores"] = max(
-            0.0, (cpu["machine_busy_ms"] - sum(cpu["cpu_ms"].values())) / 1000 / cpu["wall_s"]
-        )
-        summary["settle_s"] = await self.settle()
+        prefix = f"{self.prefix}-{self.runs}"
+        summary["settle_s"], probes = await settle(self.client, prefix, self.plan.timeout_s)
+        self.turn_ids += probes
         return summary
 
-    async def settle(self, limit_s: float = 60) -> float:
-        """Wait until a lone probe turn is fast again: an overloaded run leaves a backlog
-        in the stages that would otherwise be charged to the next run."""
-        began = time.monotonic()
-        probes = 0
-        while time.monotonic() - began < limit_s:
-            probes += 1
-            result = TurnResult(at_s=0, measured=False)
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(self.plan.timeout_s):
-                    sid = f"{self.prefix}-probe-{self.runs}-{probes}"
-                    await self.client.turn(result, sid, time.perf_counter())
-            if result.turn_id:
-                self.turn_ids.append(result.turn_id)
-            if result.total_ms is not None and result.total_ms < 1000:
-                break
-            await asyncio.sleep(0.5)
-        await asyncio.sleep(1)  # the stages behind the final event (persistence)
-        return time.monotonic() - began
 
-
-async def run_transport(bench: Bench, transport: str, scenarios: set[str]) -> dict[str, Any]:
-    await use_transport(bench.mesh, transport)
+async def run_transport(
+    bench: Bench, transport: str, scenarios: set[str], replicas: int = 1
+) -> dict[str, Any]:
+    await use_transport(bench.mesh, transport, replicas)
     first = len(bench.turn_ids)
     out: dict[str, Any] = {"transport": transport}
     if "latency" in scenarios:
@@ -332,33 +281,6 @@ async def run_transport(bench: Bench, transport: str, scenarios: set[str]) -> di
 
 
 # ---- report ---------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-        return ""
-
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_changed_files": git("status", "--porcelain").splitlines(),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loadavg_before": os.getloadavg(),
-    }
 
 
 def _f(value: float | None, digits: int = 1) -> str:
@@ -421,7 +343,8 @@ def render(report: dict[str, Any]) -> str:
         if "throughput" in t:
             lines.append(
                 f"max sustained: {t['throughput']['max_sustained_rate']:.0f} turns/s "
-                "(<1% errors, done/s >= 95% of offer, generator lag p99 < 100 ms, p99 total < "
+                "(<1% errors, >= 95% of the arrivals done OK by the window's end + the p99 "
+                "limit, generator lag p99 < 100 ms, p99 total < "
                 f"{report['plan']['p99_limit_ms']:.0f} ms)"
             )
         cpu_rows = [(k, r) for k, r in rows if r["ok"]]
@@ -473,62 +396,39 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     # --own-broker: a broker of the bench's own, so nothing else on the machine shares it
     own = ("kafka",) if args.own_broker else ()
-    sandbox = await Sandbox.open("bench", CommonSettings(), own=own)
-    log_dir = sandbox.dir
+    stack = await open_stack(
+        own=own, replicas=args.replicas, LLM_TRANSPORT=transports[0], LOG_LEVEL=args.log_level
+    )
     report: dict[str, Any] = {
         "machine": machine_info(),
-        "namespace": sandbox.namespace,
-        "logs": str(log_dir),
+        "namespace": stack.sandbox.namespace,
+        "logs": str(stack.sandbox.dir),
         "plan": plan.__dict__,
+        "replicas": args.replicas,
         "load_generator": "raw asyncio HTTP/1.1 client (bench/load.py), uvloop if present",
+        "upstream_ttft_ms": stack.upstream_ttft_ms,
         "transports": [],
     }
-    fake, fake_url = start_fake_upstream(log_dir)
-    port = int(fake_url.rsplit(":", 1)[1])
-    env = mesh_env(sandbox, fake_url + "/v1", LLM_TRANSPORT=transports[0], LOG_LEVEL=args.log_level)
-    mesh = Mesh(env=env, log_dir=log_dir)
-    policy_metrics_port = free_port()
-    mesh.env_of["policy_worker"] = {"METRICS_PORT": str(policy_metrics_port)}
-    turn_ids: list[str] = []
-    client = Client("127.0.0.1", int(env["GATEWAY_PORT"]))
+    client = Client("127.0.0.1", int(stack.mesh.env["GATEWAY_PORT"]))
     try:
-        direct = await upstream_ttft("127.0.0.1", port)
-        report["upstream_ttft_ms"] = {
-            "configured": 50.0,
-            "p50": percentile(direct, 50),
-            "p99": percentile(direct, 99),
-            "used": percentile(direct, 50),
-            "samples": len(direct),
-        }
-        log.info("starting mesh %s (logs %s)", sandbox.namespace, log_dir)
-        await provision(env)
-        await start_mesh(mesh)
-
-        def pids() -> dict[str, int]:
-            named = {n: p.pid for n, p in mesh.processes.items()}
-            return {
-                **named,
-                "fake_upstream": fake.pid,
-                "loadgen": os.getpid(),
-                **infra_pids(sandbox),
-            }
-
         bench = Bench(
-            sandbox=sandbox,
-            mesh=mesh,
+            sandbox=stack.sandbox,
+            mesh=stack.mesh,
             client=client,
-            probe=CpuProbe(pids),
-            upstream_ttft_ms=report["upstream_ttft_ms"]["used"],
+            probe=CpuProbe(stack.pids),
+            upstream_ttft_ms=stack.upstream_ttft_ms["used"],
             plan=plan,
-            prefix=f"{sandbox.namespace}-s",
-            turn_ids=turn_ids,
-            policy_metrics_port=policy_metrics_port,
+            prefix=f"{stack.sandbox.namespace}-s",
+            turn_ids=[],
+            policy_metrics_ports=stack.policy_metrics_ports,
         )
         for transport in transports:
-            report["transports"].append(await run_transport(bench, transport, scenarios))
+            report["transports"].append(
+                await run_transport(bench, transport, scenarios, args.replicas)
+            )
     finally:
         await client.close()
-        await tear_down(sandbox, mesh, fake)
+        await stack.close()
     report["wall_s"] = time.monotonic() - started
     return report
 
@@ -556,6 +456,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, help="latency scenario rate (turns/s)")
     parser.add_argument("--rates", help="throughput steps, comma-separated turns/s")
     parser.add_argument("--log-level", default="INFO", help="the mesh's LOG_LEVEL")
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="processes of each stage worker (default 1)"
+    )
     parser.add_argument("--report", type=Path, default=REPORTS / "latest.json")
     args = parser.parse_args()
     report = run_bench(bench_main(args))

@@ -33,6 +33,20 @@ WORKERS = tuple(s.service for s in STAGE_LIST)
 STAGE_OF = {s.service: s.name for s in STAGE_LIST}
 STAGES = tuple(STAGE_OF.values())
 SUPERVISOR = "supervisor"
+# The stage workers a mesh may run several of (`start_mesh(replicas=N)`); the dead-letter
+# index stays one. Each topic has 12 partitions (schemas/topics.py), so up to 12 share one.
+REPLICATED = (
+    "policy_worker",
+    "context_worker",
+    "llm_worker",
+    "tool_dispatcher",
+    "persistence_worker",
+)
+
+
+def replica_names(worker: str, replicas: int) -> list[str]:
+    """The process names of a worker's replicas: `llm_worker`, `llm_worker-2`, ..."""
+    return [worker, *(f"{worker}-{i}" for i in range(2, replicas + 1))]
 
 
 def _alive(pid: int) -> bool:
@@ -280,17 +294,26 @@ async def provision(env: dict[str, str]) -> str:
 
 
 async def start_mesh(
-    mesh: Mesh, *, workers: tuple[str, ...] = WORKERS, supervised: bool = False
+    mesh: Mesh,
+    *,
+    workers: tuple[str, ...] = WORKERS,
+    supervised: bool = False,
+    replicas: int = 1,
 ) -> None:
     """Start the ingress and `workers` (`supervised`: under the supervisor, which restarts
-    what dies), and wait until they take turns."""
+    what dies; `replicas`: processes of each REPLICATED worker, one consumer group), and
+    wait until they take turns."""
+    counts = {w: replicas if w in REPLICATED else 1 for w in workers}
     if supervised:
+        if replicas != 1:
+            raise ValueError("the supervisor runs one process per service")
         mesh.supervise(("ingress", *workers))
     else:
         mesh.start("ingress")
         for worker in workers:
-            mesh.start(worker)
+            for name in replica_names(worker, counts[worker]):
+                mesh.start(name, worker)
     await mesh.wait_healthy()
     for worker in workers:
         if worker in STAGE_OF:
-            await mesh.wait_group_members(STAGE_OF[worker])
+            await mesh.wait_group_members(STAGE_OF[worker], count=counts[worker])
