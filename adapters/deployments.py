@@ -138,22 +138,32 @@ class DeploymentHealth:
         return await self._transition(name, "allow")
 
     async def succeeded(self, name: str, ttft_ms: float) -> str:
-        await self._record(name, failed=False, ttft_ms=ttft_ms)
-        return await self._transition(name, "success")
+        return await self._record(name, failed=False, ttft_ms=ttft_ms)
 
     async def failed(self, name: str) -> str:
         """Record a failure; returns the breaker state after it."""
-        await self._record(name, failed=True, ttft_ms=-1.0)
-        return await self._transition(name, "failure")
+        return await self._record(name, failed=True, ttft_ms=-1.0)
 
-    async def _record(self, name: str, *, failed: bool, ttft_ms: float) -> None:
+    async def _record(self, name: str, *, failed: bool, ttft_ms: float) -> str:
+        """The call's outcome in the stats and the breaker: one round trip for both."""
         self._check()
+        op = "failure" if failed else "success"
         try:
-            await self._stats(
-                keys=[self._keys.deployment_stats(name)], args=[self._alpha, int(failed), ttft_ms]
-            )
+            async with self._redis.pipeline(transaction=False) as pipe:
+                await self._stats(
+                    keys=[self._keys.deployment_stats(name)],
+                    args=[self._alpha, int(failed), ttft_ms],
+                    client=pipe,
+                )
+                await self._breaker(
+                    keys=[self._keys.breaker(name)],
+                    args=[op, int(time.time() * 1000), *self._args],
+                    client=pipe,
+                )
+                _, result = await pipe.execute()
         except RedisError as exc:
             raise self._failed("deployment stats", exc) from exc
+        return result.decode() if isinstance(result, bytes) else str(result)
 
     async def state(self, name: str) -> DeploymentState:
         self._check()
