@@ -3,7 +3,7 @@ still delivers every event with thousands of them connected.
 
 The ingress streams a session's events from ONE Redis pattern subscription per process
 (ingress/hub.py), so the cost of a client is what the process keeps for it: the request's
-task(s), its queue, the generator frames, uvicorn's protocol object, the socket. This
+tasks, its hub follower, the generator frames, uvicorn's protocol object, the socket. This
 bench measures exactly that, per level of N idle clients spread over M sessions:
 
 * ingress memory with 0 clients (after a small warm-up, so lazy imports, pool connections
@@ -154,8 +154,9 @@ class SseClient(asyncio.Protocol):
     """One idle SSE connection: no task and no StreamReader, just counters.
 
     The body is split on the blank line that ends every SSE block; the chunked framing
-    lines ride along in the blocks and are ignored (each server `yield` is one chunk that
-    holds whole blocks, and JSON data never holds a raw blank line).
+    lines ride along in the blocks and are ignored (each server write is one chunk that
+    holds whole blocks: one event, several, or a keep-alive; and JSON data never holds a
+    raw blank line).
     """
 
     __slots__ = (
@@ -524,6 +525,30 @@ class Run:
         return status, t0
 
 
+class OwnPauses:
+    """The bench's own garbage-collection pauses while it measures: a pause delays the
+    receipt of whatever arrived meanwhile, which would read as fan-out latency."""
+
+    def __init__(self) -> None:
+        self.ms = 0.0
+        self.count = 0
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.count += 1
+            self.ms += (time.perf_counter() - self._started) * 1000
+
+    def __enter__(self) -> OwnPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
 async def settle_memory(pid: int, seconds: float) -> dict[str, int]:
     gc.collect()  # the bench's own garbage; the ingress is left to itself
     await asyncio.sleep(seconds)
@@ -535,7 +560,7 @@ async def run_level(run: Run, n: int, level: int, trace_dir: Path | None) -> dic
     mesh = run.mesh
     out: dict[str, Any] = {"clients": n, "sessions": args.sessions}
     proc = start_ingress(mesh, trace_dir)
-    await mesh.wait_healthy()
+    await mesh.wait_healthy(timeout=300 if trace_dir else 60)  # tracemalloc: slow imports
     pid = proc.pid
     session_ids = [f"{run.prefix}-l{level}-s{i}" for i in range(args.sessions)]
     sources = run.sources.take(-(-n // PER_SOURCE) + 1)
@@ -566,6 +591,9 @@ async def run_level(run: Run, n: int, level: int, trace_dir: Path | None) -> dic
     opened = len(clients.clients)
     seen, wait_s = await wait_fanout_clients(run.http, mesh.base_url, opened)
     mem1 = await settle_memory(pid, args.settle_s)
+    # The clients live as long as the level: the bench's own collections skip them from
+    # now on (at 19k clients a full one walked them for tens of ms, a receipt delayed).
+    gc.freeze()
     sock1 = tcp_sockstat()
     fds1 = proc_fds(pid)
     redis1 = await redis_subscriptions(run.redis)
@@ -636,6 +664,7 @@ async def run_level(run: Run, n: int, level: int, trace_dir: Path | None) -> dic
     log.info("fan-out: %s", {k: v for k, v in out["fanout"].items() if k != "per_session"})
 
     clients.close()
+    gc.unfreeze()
     left, close_wait = await wait_fanout_clients(run.http, mesh.base_url, 0)
     out["after_close"] = {
         "ingress_reported": left,
@@ -653,12 +682,13 @@ async def fanout_check(run: Run, clients: ClientSet, session_ids: list[str]) -> 
     targets = set(range(k))
     events0 = {id(c): c.events for c in clients.clients}
     expect = [c for c in clients.clients if c.session in targets]
-    posted = await asyncio.gather(*(run.post_turn(session_ids[s]) for s in sorted(targets)))
+    with OwnPauses() as pauses:
+        posted = await asyncio.gather(*(run.post_turn(session_ids[s]) for s in sorted(targets)))
+        for _ in range(int(run.args.turn_timeout_s * 10)):
+            if all(c.final_at is not None for c in expect):
+                break
+            await asyncio.sleep(0.1)
     statuses = [status for status, _ in posted]
-    for _ in range(int(run.args.turn_timeout_s * 10)):
-        if all(c.final_at is not None for c in expect):
-            break
-        await asyncio.sleep(0.1)
     await asyncio.sleep(0.5)  # anything stray for the other sessions
     got = [c for c in expect if c.final_at is not None]
     latencies = [
@@ -698,6 +728,7 @@ async def fanout_check(run: Run, clients: ClientSet, session_ids: list[str]) -> 
         "closed_clients": sum(1 for c in clients.clients if c.error),
         "publish_to_receipt_ms": pct_dict(latencies),
         "receipt_spread_ms_max": max(spreads, default=None),
+        "bench_gc_pauses": {"count": pauses.count, "ms": round(pauses.ms, 1)},
         "per_session": per_session,
     }
 

@@ -42,6 +42,9 @@ def create_app(settings: IngressSettings | None = None) -> FastAPI:
     app = FastAPI(title="Soma Gateway", version="0.1.0", lifespan=lifespan)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AcceptDeadline, paths=TURN_PATHS, deadline_s=settings.turn_accept_deadline_s)
+    # SSE ahead of the router (and inside the Host check): an idle stream's memory is
+    # mostly the layers it is held in (ingress/routes/stream.py).
+    app.add_middleware(stream.SessionEventsEndpoint)
     if settings.allowed_hosts is not None:  # outermost: a foreign Host reaches nothing else
         app.add_middleware(
             HostCheckMiddleware,

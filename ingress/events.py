@@ -14,7 +14,10 @@ ASCII digits. (`str.isdigit` also accepts '²' and other Unicode digits, which R
 refuses and `int` may not parse: such an id would break the stream after its 200.)
 
 A stream given a lease (ingress/streams.py) ends as soon as the lease is closed: its
-queue gets `CLOSE`, and a catch-up read in progress is abandoned.
+hub follower wakes closed, and a catch-up read in progress is abandoned.
+
+Events come in batches: whatever a stream finds waiting when it wakes goes out in one
+write (under load, a client's several events cost one send, not one each).
 """
 
 from __future__ import annotations
@@ -23,9 +26,8 @@ import asyncio
 import contextlib
 import random
 import re
-import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, cast
+from collections.abc import AsyncGenerator
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -34,7 +36,7 @@ from gateway_runtime.errors import DependencyUnavailable
 from gateway_runtime.event_log import PG_ID_PREFIX, PostgresEventLog
 from gateway_runtime.redis_gate import RedisGate
 from gateway_runtime.redis_keys import RedisKeys
-from ingress.hub import CLOSE, RESYNC, FanoutHub, SessionEvent
+from ingress.hub import FanoutHub, Follower, SessionEvent
 from ingress.streams import StreamLease
 
 POLL_MIN_S = 0.5
@@ -65,15 +67,18 @@ def valid_event_id(value: str) -> bool:
 class _Cursor:
     """Where a client is in each log: the Redis stream id and the fallback log id."""
 
+    __slots__ = ("pg_id", "redis_id", "redis_order", "ts_ms")
+
     def __init__(self) -> None:
         self.redis_id: str | None = None
+        self.redis_order = (-1, -1)  # redis_id as numbers; nothing is before it when None
         self.pg_id = 0
         self.ts_ms = 0
 
     def seen(self, event: SessionEvent) -> bool:
         if event.id.startswith(PG_ID_PREFIX):
             return int(event.id[len(PG_ID_PREFIX) :]) <= self.pg_id
-        return self.redis_id is not None and _order(event.id) <= _order(self.redis_id)
+        return event.order <= self.redis_order
 
     def advance(self, event: SessionEvent, ts_ms: int | None = None) -> None:
         if event.id.startswith(PG_ID_PREFIX):
@@ -81,7 +86,17 @@ class _Cursor:
             self.ts_ms = max(self.ts_ms, ts_ms or 0)
         else:
             self.redis_id = event.id
-            self.ts_ms = max(self.ts_ms, _order(event.id)[0])
+            self.redis_order = event.order
+            self.ts_ms = max(self.ts_ms, event.order[0])
+
+    def fresh(self, events: list[SessionEvent]) -> list[SessionEvent]:
+        """The live events not sent yet, in order; the cursor moves past them."""
+        out = []
+        for event in events:
+            if not self.seen(event):
+                self.advance(event)
+                out.append(event)
+        return out
 
 
 class SessionEvents:
@@ -155,9 +170,10 @@ class SessionEvents:
         after: str | None,
         keepalive_s: float,
         lease: StreamLease | None = None,
-    ) -> AsyncIterator[SessionEvent | None]:
-        """Yield events after `after` (all retained ones if None); None = keep-alive tick.
-        `after` must be a `valid_event_id`. Ends when `lease` is closed.
+    ) -> AsyncGenerator[list[SessionEvent], None]:
+        """Yield batches of events after `after` (all retained ones if None), in order; an
+        empty batch is a keep-alive tick. `after` must be a `valid_event_id`. Ends when
+        `lease` is closed.
 
         A tick comes every `keepalive_s` without an event whatever the logs do: a
         catch-up read that hangs on a hung Redis or Postgres (until its timeout) holds
@@ -165,36 +181,47 @@ class SessionEvents:
         stream is alive. (Only catch-ups run as tasks; live events cost none.)
         """
         cursor = await self._cursor_after(after)
-        closed = lease.closed if lease is not None else asyncio.get_running_loop().create_future()
         pace = _Pace(keepalive_s)
-        with self._hub.subscribe(session_id) as queue:
+        follower = self._hub.add(session_id)
+        try:
             if lease is not None:
-                lease.attach(queue)
+                lease.attach(follower)
             catch_up = True  # the log first, then live
-            while not closed.done():
+            while not follower.closed:
                 if catch_up:
-                    reads = self._caught_up(session_id, cursor, pace, closed)
+                    reads = self._caught_up(session_id, cursor, pace, follower)
                     async with contextlib.aclosing(reads):  # the client left: stop reading
                         async for caught in reads:
                             yield caught
-                    if closed.done():
+                            del caught  # (nor the last batch: an idle stream would hold it)
+                    del reads
+                    if follower.closed:
                         return
                 polling = pace.behind or not self._hub.connected
-                item = await pace.next_live(queue, polling)
-                if item is CLOSE:
-                    return
-                if item is not None and item is not RESYNC:
-                    if not pace.behind and not cursor.seen(item):
-                        # (behind: the log has it, the catch-up sends it in order)
-                        cursor.advance(item)
-                        pace.sent()
-                        yield item
-                    catch_up = False
+                if not follower.pending and not follower.resync:
+                    await follower.wait(pace.wake_at(polling))
+                    if follower.closed:
+                        return
+                if follower.resync:  # the logs hold what the hub may have missed or dropped
+                    follower.resync = False
+                    follower.pending.clear()
+                    catch_up = True
                     continue
-                catch_up = item is RESYNC or (polling and time.monotonic() >= pace.next_poll)
+                if pace.behind:  # the log has them: a catch-up sends them, in order
+                    follower.pending.clear()
+                elif follower.pending:
+                    fresh = cursor.fresh(follower.pending)
+                    follower.pending.clear()
+                    if fresh:
+                        pace.sent()
+                        yield fresh
+                    del fresh
+                catch_up = polling and pace.now() >= pace.next_poll
                 if pace.tick_due():
                     pace.sent()
-                    yield None
+                    yield []
+        finally:
+            self._hub.remove(session_id, follower)
 
     async def _cursor_after(self, after: str | None) -> _Cursor:
         cursor = _Cursor()
@@ -203,73 +230,67 @@ class SessionEvents:
             cursor.ts_ms = await self._fallback.ts_of(cursor.pg_id)
         elif after:
             cursor.redis_id = after
+            cursor.redis_order = _order(after)
         return cursor
 
     async def _caught_up(
-        self, session_id: str, cursor: _Cursor, pace: _Pace, closed: asyncio.Future[Any]
-    ) -> AsyncGenerator[SessionEvent | None, None]:
+        self, session_id: str, cursor: _Cursor, pace: _Pace, follower: Follower
+    ) -> AsyncGenerator[list[SessionEvent], None]:
         """One catch-up read's fresh events, with keep-alive ticks while the read lasts;
-        it ends early, the read cancelled, once `closed` is done."""
+        it ends early, the read cancelled, once `follower` is closed."""
         reading = asyncio.ensure_future(self._catch_up(session_id, cursor))
+        reading.add_done_callback(follower.wake)
         try:
             while not reading.done():
-                await asyncio.wait(
-                    {reading, closed},
-                    timeout=pace.until_tick(),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if closed.done():
+                await follower.wait(pace.tick_at())  # (live events wake it too: kept)
+                if follower.closed:
                     return
-                if not reading.done():
+                if not reading.done() and pace.tick_due():
                     pace.sent()
-                    yield None
+                    yield []
         finally:
             reading.cancel()  # the client left mid-read: stop reading
         fresh, complete = reading.result()
         pace.read(fresh=bool(fresh), complete=complete)
-        for event in fresh:
-            if closed.done():
-                return
+        if fresh and not follower.closed:
             pace.sent()
-            yield event
+            yield fresh
 
 
 class _Pace:
-    """A follower's timing: when it last sent something (a tick is due `keepalive_s`
-    after), and while it is behind, when it polls the logs next (jittered backoff)."""
+    """A follower's timing, on the event loop's clock (the one its timers use): when it
+    last sent something (a tick is due `keepalive_s` after), and while it is behind,
+    when it polls the logs next (jittered backoff)."""
+
+    __slots__ = ("_loop", "behind", "delay", "keepalive_s", "last_sent", "next_poll")
 
     def __init__(self, keepalive_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
         self.keepalive_s = keepalive_s
-        self.last_sent = time.monotonic()
+        self.last_sent = self._loop.time()
         self.behind = False  # the last catch-up could not read a log
         self.delay = POLL_MIN_S
         self.next_poll = 0.0
 
-    def sent(self) -> None:
-        self.last_sent = time.monotonic()
+    def now(self) -> float:
+        return self._loop.time()
 
-    def until_tick(self) -> float:
-        return max(self.last_sent + self.keepalive_s - time.monotonic(), 0)
+    def sent(self) -> None:
+        self.last_sent = self._loop.time()
+
+    def tick_at(self) -> float:
+        return self.last_sent + self.keepalive_s
 
     def tick_due(self) -> bool:
-        return time.monotonic() - self.last_sent >= self.keepalive_s
+        return self._loop.time() >= self.last_sent + self.keepalive_s
+
+    def wake_at(self, polling: bool) -> float:
+        """When the next tick (or poll, if `polling`) is due."""
+        due = self.last_sent + self.keepalive_s
+        return min(due, self.next_poll) if polling else due
 
     def read(self, *, fresh: bool, complete: bool) -> None:
         """A catch-up read ended: with events or not, both logs read or not."""
         self.behind = not complete
         self.delay = POLL_MIN_S if fresh or complete else min(self.delay * 2, POLL_MAX_S)
-        self.next_poll = time.monotonic() + self.delay * (0.5 + random.random())
-
-    async def next_live(
-        self, queue: asyncio.Queue[SessionEvent], polling: bool
-    ) -> SessionEvent | None:
-        """The hub's next item, or None when the next tick (or poll, if `polling`) is due
-        first."""
-        wake_at = self.last_sent + self.keepalive_s
-        if polling:
-            wake_at = min(wake_at, self.next_poll)
-        try:
-            async with asyncio.timeout(max(wake_at - time.monotonic(), 0)):
-                return await queue.get()
-        except TimeoutError:
-            return None
+        self.next_poll = self._loop.time() + self.delay * (0.5 + random.random())

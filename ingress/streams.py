@@ -7,23 +7,18 @@ Every stream takes a lease for its principal before it starts, for two reasons:
   (auth off, which only binds loopback) is not capped: the SSE fan-out benchmark opens
   20k streams as that user.
 - revocation: `close_key` ends, at once, every stream a revoked key holds here (the
-  lease's `closed` future resolves and its hub queue gets `CLOSE`, so a stream waiting
-  for events wakes). A key revoked a moment ago cannot take a new lease either, which
-  closes the gap between a connect's authentication and its lease.
+  lease records why, and closes its hub follower, so a stream waiting for events wakes
+  and ends). A key revoked a moment ago cannot take a new lease either, which closes the
+  gap between a connect's authentication and its lease.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterable, Mapping
-
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from ingress.auth.errors import Denied, unauthenticated
 from ingress.auth.principal import ANONYMOUS, Principal
-from ingress.hub import CLOSE, Item
+from ingress.hub import Follower
 
 KEY_REVOKED = "key_revoked"
 # How long a revocation that reached this replica refuses new leases of the key (its
@@ -34,34 +29,40 @@ RECENTLY_REVOKED_S = 60.0
 class StreamLease:
     """One open stream of one principal."""
 
-    __slots__ = ("_queue", "closed", "key_id", "subject")
+    __slots__ = ("_follower", "_gone", "key_id", "reason", "subject")
 
     def __init__(self, principal: Principal) -> None:
         self.subject = principal.subject
         self.key_id = principal.key_id
-        # Resolves with the reason (e.g. "key_revoked") when the stream must end.
-        self.closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._queue: asyncio.Queue[Item] | None = None
+        self.reason: str | None = None  # why the gateway ended the stream (e.g. "key_revoked")
+        self._gone = False  # the client left
+        self._follower: Follower | None = None
 
-    def attach(self, queue: asyncio.Queue[Item]) -> None:
-        """The stream's hub queue, woken with CLOSE when the lease is closed."""
-        self._queue = queue
-        if self.closed.done():
-            _push_close(queue)
+    @property
+    def closed(self) -> bool:
+        return self.reason is not None or self._gone
+
+    def attach(self, follower: Follower) -> None:
+        """The stream's hub follower, closed when the lease is."""
+        self._follower = follower
+        if self.closed:
+            follower.close()
 
     def close(self, reason: str) -> None:
-        if self.closed.done():
+        """The gateway ends the stream, telling the client `reason`."""
+        if self.closed:
             return
-        self.closed.set_result(reason)
-        if self._queue is not None:
-            _push_close(self._queue)
+        self.reason = reason
+        if self._follower is not None:
+            self._follower.close()
 
-
-def _push_close(queue: asyncio.Queue[Item]) -> None:
-    """CLOSE first in line: what is queued is not sent any more."""
-    while not queue.empty():
-        queue.get_nowait()
-    queue.put_nowait(CLOSE)
+    def client_gone(self) -> None:
+        """The client left: the stream ends, with nothing more to send."""
+        if self.closed:
+            return
+        self._gone = True
+        if self._follower is not None:
+            self._follower.close()
 
 
 class OpenStreams:
@@ -124,28 +125,3 @@ def _discard(index: dict[str, set[StreamLease]], name: str, lease: StreamLease) 
         leases.discard(lease)
         if not leases:
             del index[name]
-
-
-class LeasedStreamingResponse(StreamingResponse):
-    """A streaming response that gives its lease back however it ends: finished, ended
-    by a revocation, or the client gone (even before the body's first byte)."""
-
-    def __init__(
-        self,
-        content: AsyncIterable[bytes],
-        *,
-        streams: OpenStreams,
-        lease: StreamLease,
-        media_type: str,
-        headers: Mapping[str, str],
-        status_code: int = 200,  # FastAPI reads the default for its OpenAPI document
-    ) -> None:
-        super().__init__(content, status_code, headers, media_type)
-        self._streams = streams
-        self._lease = lease
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._streams.release(self._lease)

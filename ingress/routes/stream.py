@@ -1,7 +1,22 @@
-"""`WS /v1/session/{session_id}/stream`: the session's events, and turns started over it.
+"""The session's event streams: `GET /v1/session/{session_id}/events` (SSE) and
+`WS /v1/session/{session_id}/stream`.
 
-Server → client: one JSON text frame per event, `{id, type, session_id, turn_id, ts,
-data}` (the same events, ids and order as the SSE stream). Client → server:
+SSE is served by `SessionEventsEndpoint`, a plain ASGI endpoint in front of FastAPI's
+router (ingress/app.py mounts it just inside the Host check), because an idle stream is
+held for hours by thousands of clients and FastAPI's per-request machinery (the routing
+and middleware frames, dependency exit stacks, `StreamingResponse` and its task group)
+was most of what each one cost: 37 KB of a client's memory at 10,000 clients, and a
+task wake-up through several layers per event per client. The endpoint does what the
+route did, with the same functions: the session id's pattern (422), the caller and its
+`turns` scope (401/403), `can_read` on the session (404; 503 when it cannot be
+decided), Last-Event-ID (400), the lease (429); errors are rendered by the app's own
+exception handlers (ingress/errors.py), so they read as every other route's. Each wake
+writes whatever events wait, in one chunk; one small task per stream waits for the
+client's disconnect. The operation stays documented in the OpenAPI schema by its stub in
+ingress/routes/session.py.
+
+WebSocket, server → client: one JSON text frame per event, `{id, type, session_id,
+turn_id, ts, data}` (the same events, ids and order as the SSE stream). Client → server:
 `{"message": ..., "persona_id"?, "metadata"?}` or `{"action": ...}` starts a turn and is
 answered with `{"type": "turn.requested", "event_id": ...}`; a bad frame is answered with
 an `error` frame and the socket stays open. `?last_event_id=` resumes like Last-Event-ID
@@ -9,9 +24,10 @@ an `error` frame and the socket stays open. `?last_event_id=` resumes like Last-
 
 Limits: a client frame over WS_MAX_FRAME_BYTES closes the socket with 1009 (uvicorn
 enforces it while reading, `ingress/__main__.py`; checked here too, whatever the server);
-a binary frame with 1003. The socket holds a lease of its principal's
-(ingress/streams.py): over the cap the handshake is 429 `too_many_streams`, and a
-revocation of its key closes it with 1008 `key_revoked`.
+a binary frame with 1003. Every stream holds a lease of its principal's
+(ingress/streams.py): over the cap the request (or handshake) is 429
+`too_many_streams`, and a revocation of its key ends an SSE stream with a last `error`
+event `key_revoked` and closes a socket with 1008 `key_revoked`.
 """
 
 from __future__ import annotations
@@ -19,17 +35,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, HTTPException, Query, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.requests import HTTPConnection, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway_runtime.errors import DependencyUnavailable
 from ingress.auth.admission import Admission
 from ingress.auth.errors import Denied
-from ingress.deps import Principal, ResourcesDep, SessionReadAccess
+from ingress.auth.sessions import SESSION_ID_PATTERN
+from ingress.deps import (
+    Principal,
+    ResourcesDep,
+    SessionReadAccess,
+    current_principal,
+    require_scope,
+    session_read_access,
+)
 from ingress.events import valid_event_id
+from ingress.hub import SessionEvent
 from ingress.resources import Resources
 from ingress.routes.session import (
     ACTIONS,
@@ -37,6 +66,7 @@ from ingress.routes.session import (
     ActionIn,
     MessageIn,
     SessionIdPath,
+    closing_event,
     invalid_last_event_id,
 )
 from ingress.streams import StreamLease
@@ -44,16 +74,142 @@ from ingress.turns import NewTurn, start_turn
 
 router = APIRouter(tags=["session"])
 
+# ---- SSE ------------------------------------------------------------------------------
+
+_PREFIX, _SUFFIX = "/v1/session/", "/events"
+_SESSION_ID = re.compile(SESSION_ID_PATTERN)
+_turns_scope = require_scope("turns")
+_SSE_HEADERS = [
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # nginx: pass every event on at once
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+]
+_RETRY = b"retry: 2000\n\n"
+_KEEPALIVE = b": keep-alive\n\n"
+
+
+class SessionEventsEndpoint:
+    """`GET /v1/session/{session_id}/events`; every other request goes on to `app`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session_id = _session_of(scope) if scope["type"] == "http" else None
+        if session_id is None or scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
+        res: Resources = scope["app"].state.resources  # set by the lifespan (app.py)
+        try:
+            principal, last_event_id = await _admit(scope, res, session_id)
+            lease = res.streams.open(principal)  # the last check: _stream gives it back
+        except (HTTPException, RequestValidationError, DependencyUnavailable) as exc:
+            await _refuse(scope, receive, send, exc)
+            return
+        try:
+            await _stream(res, session_id, last_event_id, lease, receive, send)
+        finally:
+            res.streams.release(lease)
+
+
+def _session_of(scope: Scope) -> str | None:
+    """The session id if the path is `/v1/session/<one segment>/events` (the segment
+    may be anything: `_admit` checks it), as Starlette's router would match it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)):
+        return None
+    session_id = path[len(_PREFIX) : -len(_SUFFIX)]
+    return session_id if session_id and "/" not in session_id else None
+
+
+async def _admit(scope: Scope, res: Resources, session_id: str) -> tuple[Principal, str | None]:
+    """The caller, if it may follow the session, and its Last-Event-ID; checked with the
+    route's dependencies, in the order FastAPI ran them (credentials, scope, the path,
+    can_read, Last-Event-ID)."""
+    conn = HTTPConnection(scope)
+    principal = await _turns_scope(await current_principal(conn, res))
+    if not _SESSION_ID.fullmatch(session_id):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_pattern_mismatch",
+                    "loc": ("path", "session_id"),
+                    "msg": f"String should match pattern '{SESSION_ID_PATTERN}'",
+                    "input": session_id,
+                }
+            ]
+        )
+    principal = await session_read_access(session_id, res, principal)
+    last_event_id = conn.headers.get("last-event-id")
+    if last_event_id is not None and not valid_event_id(last_event_id):
+        raise invalid_last_event_id()
+    return principal, last_event_id
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
+    """The error response the app's exception handler for `exc` gives (ingress/errors.py;
+    FastAPI's own for HTTPException), as any route's."""
+    handlers = scope["app"].exception_handlers
+    handler = next(handlers[kind] for kind in type(exc).__mro__ if kind in handlers)
+    response = await handler(Request(scope, receive), exc)
+    await response(scope, receive, send)
+
+
+async def _stream(
+    res: Resources,
+    session_id: str,
+    last_event_id: str | None,
+    lease: StreamLease,
+    receive: Receive,
+    send: Send,
+) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+    await send({"type": "http.response.body", "body": _RETRY, "more_body": True})
+    # The server tells of a client that left only through `receive`; the stream ends then.
+    gone = asyncio.get_running_loop().create_task(_until_disconnect(receive, lease))
+    try:
+        events = res.events.follow(session_id, last_event_id, res.settings.sse_keepalive_s, lease)
+        async with contextlib.aclosing(events):
+            async for batch in events:
+                await send({"type": "http.response.body", "body": _chunk(batch), "more_body": True})
+                del batch  # (an idle stream would hold its last batch: a whole replay)
+        if lease.reason is not None:
+            last = closing_event(session_id, lease.reason)
+            await send({"type": "http.response.body", "body": last, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        gone.cancel()
+
+
+def _chunk(batch: list[SessionEvent]) -> bytes:
+    """The batch's frames in one write; an empty batch is a keep-alive comment."""
+    if len(batch) == 1:
+        return batch[0].sse
+    return b"".join([event.sse for event in batch]) if batch else _KEEPALIVE
+
+
+async def _until_disconnect(receive: Receive, lease: StreamLease) -> None:
+    message: Message = await receive()  # a GET's (empty) body first
+    while message["type"] != "http.disconnect":
+        message = await receive()
+    lease.client_gone()
+
+
+# ---- WebSocket ------------------------------------------------------------------------
+
 
 async def _send_events(
     ws: WebSocket, res: Resources, session_id: str, last_event_id: str | None, lease: StreamLease
 ) -> None:
     keepalive_s = res.settings.sse_keepalive_s
-    async for item in res.events.follow(session_id, last_event_id, keepalive_s, lease):
-        if item is not None:
-            await ws.send_text(item.ws_text())
-    if lease.closed.done():  # the receive loop then sees the client's close
-        await ws.close(code=1008, reason=lease.closed.result())
+    async for batch in res.events.follow(session_id, last_event_id, keepalive_s, lease):
+        for event in batch:  # (an empty batch is a keep-alive tick: WebSocket pings itself)
+            await ws.send_text(event.ws_text())
+    if lease.reason is not None:  # the receive loop then sees the client's close
+        await ws.close(code=1008, reason=lease.reason)
 
 
 async def _receive_frames(ws: WebSocket, res: Resources, principal: Principal, sid: str) -> None:

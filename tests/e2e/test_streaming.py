@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 
@@ -42,6 +43,39 @@ async def test_sse_headers_and_keep_alive(mesh: Mesh) -> None:
         assert response.headers["x-accel-buffering"] == "no"
         first = await response.aiter_lines().__anext__()
         assert first.startswith("retry:")
+
+
+async def test_sse_clients_that_leave_are_let_go_at_once(mesh: Mesh) -> None:
+    """The server hears of a client that left only on the ASGI receive channel: each
+    stream waits for it, so a closed stream leaves the hub (and gives its lease back)
+    without waiting for the next write."""
+    session_id = f"s-{uuid.uuid4().hex}"
+
+    async def fanout_clients(http: httpx.AsyncClient, want: int) -> int:
+        """The ingress's count of its streams, once it is `want` (or after 5 s)."""
+        count = -1
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):  # keep-alives come every 15 s: none is needed
+                while True:
+                    health = (await http.get("/v1/health", headers=mesh.operator_headers)).json()
+                    count = int(health["components"]["fanout"]["clients"])
+                    if count == want:
+                        return count
+                    await asyncio.sleep(0.05)
+        return count
+
+    async with httpx.AsyncClient(base_url=mesh.base_url, timeout=30) as http:
+        before = await fanout_clients(http, 0)
+        async with contextlib.AsyncExitStack() as streams:
+            readers = []  # (a reader dropped would close its stream)
+            for _ in range(5):
+                response = await streams.enter_async_context(
+                    http.stream("GET", f"/v1/session/{session_id}/events")
+                )
+                readers.append(response.aiter_lines())
+                assert (await readers[-1].__anext__()).startswith("retry:")
+            assert await fanout_clients(http, before + 5) == before + 5
+        assert await fanout_clients(http, before) == before
 
 
 async def test_200_clients_one_subscription_each_gets_only_its_session(

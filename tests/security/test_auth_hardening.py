@@ -143,6 +143,10 @@ async def test_with_auth_off_a_foreign_host_is_refused(
             assert r.json()["detail"]["code"] == "host_not_allowed"
         r = await anon.post("/v1/session/message", json={"message": "x"}, headers={"Host": "a.b"})
         assert r.status_code == 421
+        # The SSE endpoint, served ahead of the router, is inside the check too.
+        sse = f"/v1/session/s-{uuid.uuid4().hex}/events"
+        async with anon.stream("GET", sse, headers={"Host": "a.b"}) as r:
+            assert r.status_code == 421
         for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
             assert (await anon.get("/v1/health", headers={"Host": host})).status_code == 200
     # A WebSocket handshake with a foreign Host is refused before any route runs.
