@@ -284,8 +284,10 @@ class Client:
             raise HttpError(f"sse_{status}")
         result.sse_open_ms = (time.perf_counter() - started) * 1000
 
-    @staticmethod
-    async def _follow(reader: asyncio.StreamReader, result: TurnResult, t0: float) -> None:
+    def first_delta(self, block: bytes) -> None:
+        """Called with the first `assistant.delta` event of a turn (for bench.profile)."""
+
+    async def _follow(self, reader: asyncio.StreamReader, result: TurnResult, t0: float) -> None:
         buf = b""
         async for chunk in _chunks(reader):
             buf += chunk
@@ -300,6 +302,7 @@ class Client:
                     result.tokens += len(TOKEN.findall(block))
                     if result.ttft_ms is None:
                         result.ttft_ms = (time.perf_counter() - t0) * 1000
+                        self.first_delta(block)
                 elif kind in END_TYPES:
                     result.total_ms = (time.perf_counter() - t0) * 1000
                     if kind == b"error":

@@ -431,64 +431,15 @@ def _stats(values: list[float]) -> dict[str, float]:
 def _client_class() -> Any:
     """bench.load's client, also noting when the first delta's Redis entry was written
     (its SSE id is `<redis ms>-<seq>`) and when the client read it."""
-    from bench.load import END_TYPES, Client, HttpError, TurnResult, _chunks, _read_head
+    from bench.load import Client
 
     class TracingClient(Client):
         publish_to_client_ms: list[float] = []
 
-        async def turn(self, result: TurnResult, session_id: str, started: float) -> None:
-            """With a key, the message first: a key may read only a session it claimed
-            (OpenFGA can_read), and the stream replays the session's events from its start."""
-            if "authorization" not in self.headers:
-                return await super().turn(result, session_id, started)
-            body = json.dumps({"session_id": session_id, "message": "hello bench"}).encode()
-            t0 = time.perf_counter()
-            status, data = await self.request("POST", "/v1/session/message", body)
-            result.post_ms = (time.perf_counter() - t0) * 1000
-            if status // 100 != 2:
-                raise HttpError(f"post_{status}")
-            result.turn_id = str(json.loads(data)["event_id"])
-            reader, writer = await self._connect()
-            try:
-                writer.write(
-                    f"GET /v1/session/{session_id}/events HTTP/1.1\r\nhost: {self.host}\r\n"
-                    f"{self._extra}accept: text/event-stream\r\n\r\n".encode()
-                )
-                status, _ = await _read_head(reader)
-                if status != 200:
-                    raise HttpError(f"sse_{status}")
-                result.sse_open_ms = (time.perf_counter() - t0) * 1000
-                await self._follow(reader, result, t0)
-            finally:
-                writer.close()
-
-        @staticmethod
-        async def _follow(reader: asyncio.StreamReader, result: TurnResult, t0: float) -> None:
-            buf = b""
-            async for chunk in _chunks(reader):
-                buf += chunk
-                while (cut := buf.find(b"\n\n")) >= 0:
-                    block, buf = buf[:cut], buf[cut + 2 :]
-                    start = block.find(b"event: ")
-                    if start < 0:
-                        continue
-                    kind = block[start + 7 : block.find(b"\n", start)]
-                    if kind == b"assistant.delta":
-                        result.deltas += 1
-                        if result.ttft_ms is None:
-                            result.ttft_ms = (time.perf_counter() - t0) * 1000
-                            found = re.search(rb"^id: (\d+)-\d+$", block, re.M)
-                            if found:
-                                TracingClient.publish_to_client_ms.append(
-                                    time.time() * 1000 - int(found.group(1))
-                                )
-                    elif kind in END_TYPES:
-                        result.total_ms = (time.perf_counter() - t0) * 1000
-                        if kind == b"error":
-                            result.detail = block.decode("utf-8", "replace")[-300:]
-                            raise HttpError("error_event")
-                        return
-            raise HttpError("stream_ended")
+        def first_delta(self, block: bytes) -> None:
+            found = re.search(rb"^id: (\d+)-\d+$", block, re.M)
+            if found:
+                TracingClient.publish_to_client_ms.append(time.time() * 1000 - int(found.group(1)))
 
     return TracingClient
 

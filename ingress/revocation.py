@@ -197,9 +197,8 @@ class KeyRevocations:
         return "; ".join(errors)[:500] if errors else None
 
     async def _announce(self, key_id: str) -> None:
-        """Publish the revocation to every replica's hub."""
-        if not self._gate.available():
-            raise DependencyUnavailable("redis unavailable")
+        """Publish the revocation to every replica's hub (asked even while the gate is
+        closed, within the request timeout, as `KeyStore.cache_revoked` is)."""
         try:
             async with asyncio.timeout(self._wait_s):
                 await self._redis.publish(self._keys.revocations, key_id)

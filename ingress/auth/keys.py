@@ -168,10 +168,10 @@ class KeyStore:
 
         Fills use NX, so a replica that read Postgres just before cannot undo this.
         DependencyUnavailable when Redis does not take it: the caller retries, as a
-        replica's valid copy must not outlive the revocation.
+        replica's valid copy must not outlive the revocation. Redis is asked even while
+        the gate is closed (within `wait_s`): a revocation is rare, and one made in the
+        second after Redis came back is then complete at once, not at the next retry.
         """
-        if not self._gate.available():
-            raise DependencyUnavailable("key cache unavailable: redis is down")
         entry = _entry(sha256, tenant, [*scopes], revoked=True)
         try:
             async with asyncio.timeout(self._wait_s):
