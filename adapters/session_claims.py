@@ -72,14 +72,13 @@ class SessionClaims:
                     persona_id,
                     subject,
                 )
-                if row is None:  # a concurrent first claim committed after our snapshot
-                    row = await self._pool.fetchrow(
-                        "SELECT tenant, owner FROM sessions WHERE session_id = $1", session_id
-                    )
             except PG_ERRORS as exc:
                 raise DependencyUnavailable(f"session store unavailable: {exc!r}"[:300]) from exc
-            assert row is not None  # inserted, or there already
-            claimed = self._remember(session_id, row["tenant"], row["owner"])
+            if row is None:  # a concurrent first claim committed after our snapshot
+                claimed = await self._session(session_id)
+                assert claimed is not None  # inserted, or there already
+            else:
+                claimed = self._remember(session_id, row["tenant"], row["owner"])
         if claimed[0] != tenant_name:
             raise SessionOfAnotherTenant(session_id)
         return claimed[1]

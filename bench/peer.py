@@ -31,9 +31,7 @@ answer on either side lacks some of the fake's tokens.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +43,7 @@ import httpx
 from bench import litellm_peer
 from bench.accounting import CpuProbe, charged_ms, count_stored, cpu_summary, machine_info
 from bench.load import ChatClient, Client, run_load, settle
-from bench.run import REPORTS, Stack, open_stack, run_bench
+from bench.run import REPORTS, Stack, finish, open_stack, run_bench
 
 log = logging.getLogger("bench.peer")
 
@@ -367,12 +365,7 @@ def main() -> None:
     args = parser.parse_args()
     report = run_bench(peer_main(args))
     report["failures"] = failures(report)
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    sys.stdout.write(render(report) + f"\nreport: {args.report}\n")
-    if report["failures"]:
-        sys.stdout.write("FAILED: " + "; ".join(report["failures"]) + "\n")
-        raise SystemExit(1)
+    finish(report, args.report, render)
 
 
 if __name__ == "__main__":

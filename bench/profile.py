@@ -462,21 +462,6 @@ def start_pyspy(pid: int, out: Path, duration_s: float, rate: int) -> subprocess
     )  # fmt: skip
 
 
-def infra_pids(sandbox: Any) -> dict[str, int]:
-    """The backing services' pids: the sandbox's own, else the machine's shared Kafka and
-    Postgres (whose CPU then includes whatever else uses them)."""
-    state = sandbox.base.soma_home / "state"
-    pids: dict[str, int] = {}
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        pids["kafka"] = int((state / "kafka.pid").read_text().split()[0])
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        pids["postgres"] = int((state / "postgres" / "postmaster.pid").read_text().split()[0])
-    for name in sandbox.owned:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            pids[name] = sandbox.pid(name)
-    return pids
-
-
 async def create_key(base_url: str, operator_key: str) -> str:
     import httpx
 
@@ -491,7 +476,7 @@ async def create_key(base_url: str, operator_key: str) -> str:
 
 
 async def profile_main(args: argparse.Namespace) -> dict[str, Any]:
-    from bench.accounting import CpuProbe
+    from bench.accounting import CpuProbe, infra_pids
     from bench.load import percentile, upstream_ttft
     from gateway_runtime.settings import CommonSettings
     from testbed.mesh import STAGE_OF, WORKERS, Mesh, mesh_env, provision, start_fake_upstream

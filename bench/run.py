@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -462,10 +462,15 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=REPORTS / "latest.json")
     args = parser.parse_args()
     report = run_bench(bench_main(args))
-    args.report.parent.mkdir(parents=True, exist_ok=True)
     report["failures"] = failures(report)
-    args.report.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    sys.stdout.write(render(report) + f"\nreport: {args.report}\n")
+    finish(report, args.report, render)
+
+
+def finish(report: dict[str, Any], path: Path, render: Callable[[dict[str, Any]], str]) -> None:
+    """Write the report, print its table, and exit 1 when it names failures."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    sys.stdout.write(render(report) + f"\nreport: {path}\n")
     if report["failures"]:
         sys.stdout.write("FAILED: " + "; ".join(report["failures"]) + "\n")
         raise SystemExit(1)
