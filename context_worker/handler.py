@@ -9,6 +9,13 @@ comes from the request's `model_role` metadata (default `dialogue`), with its fa
 less any model the tenant may not use; when none is left the turn ends here as failed
 (`model_not_allowed`). Every profile asks for at most the turn's output cap (the
 tenant's `max_output_tokens`, carried by `TurnAuthorized`).
+
+A turn of the OpenAI API (`request.api`) brings its conversation in `request.messages`:
+they are sent as the client wrote them (a `developer` message as `system`), after the
+session's transcript when the turn joins a session, with the tenant's system prompt first
+only when the client sent no system message of its own; nothing is recalled for them.
+The transcript is trimmed to fit, the client's messages never are: when they alone do not
+fit, the turn fails with `context_length_exceeded`.
 """
 
 from __future__ import annotations
@@ -111,6 +118,8 @@ class ContextHandler:
         if not usable:
             return await self._refuse(event, role)
         primary, *fallbacks = usable
+        if request.api is not None:
+            return await self._api_turn(event, tenant, cap, primary, fallbacks)
         memories, history = await self._read(event, user_text)
         # Memories, then the transcript, fill the room the policy stage reserved for.
         fixed = estimate_tokens(tenant.system_prompt) + estimate_tokens(user_text)
@@ -135,6 +144,52 @@ class ContextHandler:
             reserved_tokens=event.reserved_tokens,
             fallbacks=fallbacks,
             memories=memories,
+        )
+        return [Output(self.topics.contextualized.name, contextualized)]
+
+    async def _api_turn(
+        self,
+        event: TurnAuthorized,
+        tenant: Tenant,
+        cap: int,
+        primary: ModelProfile,
+        fallbacks: list[ModelProfile],
+    ) -> Sequence[Output]:
+        request = event.request
+        sent = [
+            dataclasses.replace(m, role="system") if m.role == "developer" else m
+            for m in request.messages
+        ]
+        if not any(m.role == "system" for m in sent) and tenant.system_prompt:
+            sent = [ChatMessage("system", tenant.system_prompt), *sent]
+        needed = estimate_messages(sent)
+        if needed + cap > self.context_window_tokens:
+            return await self._fail(
+                event,
+                ErrorInfo(
+                    code="context_length_exceeded",
+                    message=f"the messages take about {needed} tokens, more than the "
+                    f"{self.context_window_tokens - cap} this model's context leaves beside "
+                    f"an answer of up to {cap}; shorten them or ask for fewer tokens",
+                ),
+            )
+        room = context_room(
+            window=self.context_window_tokens,
+            max_context=tenant.max_context_tokens,
+            output=cap,
+            fixed=needed,
+        )
+        history = await self.transcript.recent(request.session_id, self.history_limit)
+        kept = fit_history(history, room)
+        system = sent[:1] if sent and sent[0].role == "system" else []
+        messages = [*system, *kept, *sent[len(system) :]]
+        contextualized = TurnContextualized(
+            request=request,
+            principal=event.principal,
+            messages=messages,
+            profile=primary,
+            reserved_tokens=event.reserved_tokens,
+            fallbacks=fallbacks,
         )
         return [Output(self.topics.contextualized.name, contextualized)]
 
@@ -169,6 +224,11 @@ class ContextHandler:
             message=f"tenant {request.tenant!r} may not use the model(s) of role {role!r}; "
             "pick another model_role or ask an operator to change the tenant's models_allow",
         )
+        return await self._fail(event, error)
+
+    async def _fail(self, event: TurnAuthorized, error: ErrorInfo) -> Sequence[Output]:
+        """End the turn here: its stream gets `error`, and it is stored as failed."""
+        request = event.request
         await self.fanout.publish_error(request.session_id, request.event_id, error)
         failed = TurnCompleted(
             request=request,

@@ -60,6 +60,10 @@ class RedisKeys:
         """The final answer or the error that ends a turn."""
         return f"{self.namespace}:turn-ended:{turn_id}"
 
+    def turn_cancelled(self, turn_id: str) -> str:
+        """The `turn.cancelled` event of a turn a client cancelled (a background response)."""
+        return f"{self.namespace}:turn-cancelled:{turn_id}"
+
     def tool_calls(self, turn_id: str, tool_round: int) -> str:
         """The tool calls the model asked for in one round of a turn."""
         return f"{self.namespace}:tool-call:{turn_id}:{tool_round}"

@@ -18,7 +18,7 @@ chat format; the ledger settles on what the upstream reports.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,12 @@ def turn_estimate(message: str, max_output_tokens: int) -> int:
     """The ingress's tokens-per-minute charge of a request: its message and the most its
     answer may use (a rate, not the budget reservation: that is `TurnCosts.ceiling`)."""
     return estimate_tokens(message) + max_output_tokens
+
+
+def asked_text(message: str, messages: Sequence[ChatMessage]) -> str:
+    """What a turn asks with, for its tokens-per-minute charge: the message, or the whole
+    conversation an OpenAI API turn sends."""
+    return "\n".join(m.content for m in messages) if messages else message
 
 
 def estimate_messages(messages: Iterable[ChatMessage]) -> int:

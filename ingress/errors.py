@@ -6,10 +6,13 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from gateway_runtime.errors import DependencyUnavailable
+from ingress.openai.errors import OpenAIError, from_detail, is_openai_path
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,10 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
         for e in exc.errors()
     ]
     message = "; ".join(_describe(e) for e in errors)
+    if is_openai_path(request.url.path):
+        first = errors[0]["loc"] if errors else []
+        param = ".".join(str(p) for p in first if p != "body") or None
+        return OpenAIError(400, message, code="invalid_request", param=param).response()
     return JSONResponse(
         status_code=422,
         content={"detail": {"code": "invalid_request", "message": message, "errors": errors}},
@@ -33,6 +40,10 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
 
 async def _unavailable(request: Request, exc: DependencyUnavailable) -> JSONResponse:
     log.warning("dependency unavailable: %s", exc)
+    if is_openai_path(request.url.path):
+        return OpenAIError(
+            503, str(exc)[:300], code="unavailable", headers={"Retry-After": "5"}
+        ).response()
     return JSONResponse(
         status_code=503,
         content={"detail": {"code": "unavailable", "message": str(exc)[:300]}},
@@ -42,15 +53,30 @@ async def _unavailable(request: Request, exc: DependencyUnavailable) -> JSONResp
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error")
+    if is_openai_path(request.url.path):
+        return OpenAIError(500, "internal error; see logs", code="internal_error").response()
     return JSONResponse(
         status_code=500,
         content={"detail": {"code": "internal_error", "message": "internal error; see logs"}},
     )
 
 
+async def _http(request: Request, exc: HTTPException) -> Response:
+    """Denials and other HTTP errors: OpenAI's shape on its paths, the gateway's elsewhere."""
+    if is_openai_path(request.url.path):
+        return from_detail(exc.status_code, exc.detail, dict(exc.headers or {})).response()
+    return await http_exception_handler(request, exc)
+
+
+async def _openai(request: Request, exc: OpenAIError) -> JSONResponse:
+    return exc.response()
+
+
 def install_error_handlers(app: FastAPI) -> None:
     # Starlette types every handler as taking `Exception`; these take the subclass they
     # are registered for, which is what Starlette hands them.
     app.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http)  # type: ignore[arg-type]
+    app.add_exception_handler(OpenAIError, _openai)  # type: ignore[arg-type]
     app.add_exception_handler(DependencyUnavailable, _unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)

@@ -54,6 +54,7 @@ class Resources:
     groups: ConsumerGroups  # each stage's consumer group, for /v1/health
     streams: OpenStreams  # the open SSE/WS streams, by principal (cap, revocation)
     revocations: KeyRevocations
+    keys: RedisKeys
     # The capsule registry's client (routes/capsules.py); None when it is not configured.
     capsule_registry: httpx.AsyncClient | None = None
 
@@ -102,6 +103,7 @@ async def open_resources(settings: IngressSettings) -> AsyncIterator[Resources]:
             groups=clients.groups,
             streams=streams,
             revocations=revocations,
+            keys=keys,
             capsule_registry=clients.capsule_registry,
         )
 

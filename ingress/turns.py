@@ -15,13 +15,15 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway_runtime.errors import DependencyUnavailable
+from gateway_runtime.tokens import asked_text
 from ingress.auth.admission import Admission
 from ingress.auth.errors import Denied
 from ingress.idempotency import Remembered, request_hash
 from ingress.resources import Resources
-from schemas.events import TurnRequested
+from schemas.events import ChatMessage, TurnRequested
 
 log = logging.getLogger(__name__)
 _announcements: set[asyncio.Task[None]] = set()  # strong references until they finish
@@ -37,6 +39,11 @@ class NewTurn:
     persona_id: str | None = None
     attachments: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    # The OpenAI API's turns (TurnRequested v3): which API, the conversation as the client
+    # sent it, and the generation parameters of its model calls.
+    api: str | None = None
+    messages: list[ChatMessage] = field(default_factory=list)
+    generation: dict[str, Any] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         return request_hash("turn", json.dumps(dataclasses.asdict(self), sort_keys=True))
@@ -63,6 +70,11 @@ def _event(turn: NewTurn, admission: Admission, session_id: str, event_id: str) 
         metadata=dict(turn.metadata),
         principal=principal.subject,
         action=turn.action,
+        api=turn.api,
+        messages=list(turn.messages),
+        generation_json=json.dumps(turn.generation, separators=(",", ":"))
+        if turn.generation
+        else None,
     )
 
 
@@ -85,7 +97,8 @@ async def start_turn(
                 return Accepted(remembered.session_id, remembered.event_id, replayed=True)
     if remembered is None:
         # Rate limits and the session claim first: a refused turn is never published.
-        session_id = await admission.admit(turn.session_id, turn.persona_id, turn.message)
+        asked = asked_text(turn.message, turn.messages)
+        session_id = await admission.admit(turn.session_id, turn.persona_id, asked)
         event_id = uuid.uuid4().hex
         if idempotency_key is not None:
             mine = Remembered(session_id, event_id, turn.fingerprint(), "reserved")
@@ -108,6 +121,22 @@ async def start_turn(
     if outcome == "queued":
         _announce_queued(res, event)
     return Accepted(session_id, event_id, queued=outcome == "queued")
+
+
+async def cancel_turn(res: Resources, session_id: str, turn_id: str) -> bool:
+    """Cancel a turn that has not ended: its stream gets `turn.cancelled` (once), and the
+    LLM stage, which looks for that event's key, stops the model call and ends the turn as
+    `cancelled`. False when the turn had already ended (nothing to cancel)."""
+    if await res.fanout.recorded(res.keys.turn_ended(turn_id)) is not None:
+        return False
+    await res.fanout.publish(
+        session_id,
+        turn_id,
+        "turn.cancelled",
+        {"reason": "cancelled by the client"},
+        once_key=res.keys.turn_cancelled(turn_id),
+    )
+    return True
 
 
 def _same_request(remembered: Remembered, turn: NewTurn) -> None:

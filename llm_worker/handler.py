@@ -9,7 +9,13 @@ error) is published once per turn whatever happens, and a rerun after it only re
 
 When the tenant allows tools, the model is offered them (see `tool_requests.py`); an
 answer that ends in tool calls goes to the tool dispatcher as `ToolRequested`, which puts
-the turn back here with the results, one tool round later.
+the turn back here with the results, one tool round later. A turn of the OpenAI API
+(`request.api`) is offered only the client's own tools, with the client's generation
+parameters (`client_request.py`), and its tool calls end it: the client runs them.
+
+A client may cancel a turn of the Responses API (ingress/turns.py `cancel_turn`): the
+stage looks for its `turn.cancelled` before the call and every CANCEL_CHECK_S while it
+streams, and ends the turn as `cancelled`.
 
 Every call keeps within the tokens the policy stage reserved for the turn
 (`allowance.py`): each deployment is asked for at most what is left after the earlier
@@ -31,6 +37,7 @@ from gateway_runtime.ports import Answering, Attempts, Fanout, Output, Router
 from gateway_runtime.redis_keys import RedisKeys
 from gateway_runtime.tokens import estimate_tokens
 from llm_worker.allowance import exhausted_error, plan_call, prompt_tokens
+from llm_worker.client_request import client_tools, wire_tool_calls, with_generation
 from llm_worker.deltas import DeltaCoalescer
 from llm_worker.tool_requests import (
     ToolOffer,
@@ -51,6 +58,7 @@ from schemas.events import (
 from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
+CANCEL_CHECK_S = 0.25
 
 
 def provider_error_info(exc: ProviderError, tried_fallback: bool) -> ErrorInfo:
@@ -118,13 +126,25 @@ class LLMHandler:
                 "turn.retrying",
                 {"reason": "an earlier attempt was interrupted; discard its partial output"},
             )
-        call = plan_call(event, self.tools.for_turn(event) if self.tools else [])
+        request = event.request
+        if request.api is None:
+            call = plan_call(event, self.tools.for_turn(event) if self.tools else [])
+        else:  # the client's tools: a further round is a new turn, so they are never dropped
+            call = plan_call(event, [])
         if call is None:
             return [await self._failed(event, exhausted_error(event), event.prior_usage)]
-        tools = call.tools
+        tools, profiles = call.tools, call.profiles
+        if request.api is not None:
+            tools = client_tools(request)
+            profiles = [with_generation(p, request.generation) for p in profiles]
+        if request.api == "responses" and await self._cancelled(tid):
+            return [await self._failed(event, _CANCELLED, event.prior_usage)]
         answer = _Answer(model=event.profile.model)
         try:
-            await self._stream(event, call.profiles, tools, answer)
+            await self._stream(event, profiles, tools, answer)
+        except _Cancelled:
+            usage = total_usage(event.prior_usage, answer.usage)
+            return [await self._failed(event, _CANCELLED, usage, answer.model)]
         except ProviderError as exc:
             log.warning("model failed: %s", exc)
             error = provider_error_info(exc, tried_fallback=bool(event.fallbacks))
@@ -137,7 +157,8 @@ class LLMHandler:
         usage = total_usage(
             event.prior_usage, answer.usage or _estimate_usage(event, tools, answer.text)
         )
-        if tools and answer.calls and answer.finish == "tool_calls":
+        returned = request.api is not None and bool(answer.calls)  # the client runs them
+        if tools and answer.calls and answer.finish == "tool_calls" and not returned:
             return [await self._request_tools(event, answer, usage)]
         await self.fanout.publish(
             sid,
@@ -148,6 +169,8 @@ class LLMHandler:
                 "model": answer.model,
                 "fallback": answer.fallback,
                 "usage": asdict(usage),
+                "finish_reason": "tool_calls" if returned else (answer.finish or "stop"),
+                "tool_calls": wire_tool_calls(answer.calls) if returned else [],
             },
             once_key=self.keys.turn_ended(tid),
         )
@@ -179,8 +202,14 @@ class LLMHandler:
             await self.fanout.publish(sid, tid, "assistant.delta", {"seq": seq, "text": text})
 
         deltas = DeltaCoalescer(send, self.delta_window_s)
+        cancellable = event.request.api == "responses"
+        check_at = time.monotonic() + CANCEL_CHECK_S
         try:
             async for item in self.router.stream(profiles, event.messages, tools):
+                if cancellable and time.monotonic() >= check_at:
+                    if await self._cancelled(tid):
+                        raise _Cancelled
+                    check_at = time.monotonic() + CANCEL_CHECK_S
                 if isinstance(item, Answering):
                     answer.model, answer.fallback = item.profile.model, item.fallback
                     continue
@@ -195,6 +224,9 @@ class LLMHandler:
                 await deltas.close()
             raise
         await deltas.close()
+
+    async def _cancelled(self, turn_id: str) -> bool:
+        return await self.fanout.recorded(self.keys.turn_cancelled(turn_id)) is not None
 
     async def _request_tools(
         self, event: TurnContextualized, answer: _Answer, usage: Usage
@@ -247,6 +279,13 @@ class LLMHandler:
             error=error,
         )
         return Output(self.topics.completed.name, completed)
+
+
+class _Cancelled(Exception):
+    """The client cancelled the turn while the model was answering."""
+
+
+_CANCELLED = ErrorInfo(code="cancelled", message="the client cancelled this response")
 
 
 def _estimate_usage(event: TurnContextualized, tools: list[dict[str, Any]], answer: str) -> Usage:

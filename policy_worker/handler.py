@@ -61,7 +61,7 @@ from gateway_runtime.ports import (
     Tenants,
 )
 from gateway_runtime.settings import TurnShapeSettings
-from gateway_runtime.tokens import TurnCeiling, TurnCosts, turn_estimate
+from gateway_runtime.tokens import TurnCeiling, TurnCosts, asked_text, turn_estimate
 from policy_worker.denials import Denied, deny
 from policy_worker.identity import ANONYMOUS, TurnIdentity
 from policy_worker.metrics import DECISIONS
@@ -241,7 +241,8 @@ class PolicyHandler:
 
     async def _check_rate(self, event: TurnRequested, principal: str, tenant: Tenant) -> None:
         """An automation's turn counts against the tenant's RPM/TPM like a client's."""
-        estimate = turn_estimate(event.message, tenant.max_output_tokens)
+        asked = asked_text(event.message, event.messages)
+        estimate = turn_estimate(asked, tenant.max_output_tokens)
         try:
             decision = await self.rate_limits.admit(principal, tenant, estimate)
         except DependencyUnavailable as exc:

@@ -63,7 +63,10 @@ def load_schemas(directory: Path = AVRO_DIR) -> dict[tuple[str, int], Any]:
     """Parse every `<Name>.v<N>.avsc` under directory, keyed by (full name, version).
 
     Composite schemas refer to other records by full name; they are parsed against the
-    newest version of each named type (and `common.v*.avsc`), retried until all resolve.
+    newest version of each named type (and `common.v*.avsc`), retried until all resolve. A
+    composite version written before an embedded record's newest version names the version
+    it embeds in a top-level `"embeds": {"<full name>": <version>}`, so its data still reads
+    as it was written.
     """
     shared: dict[str, Any] = {}
     for path in sorted(directory.glob("common.v*.avsc")):
@@ -80,19 +83,26 @@ def load_schemas(directory: Path = AVRO_DIR) -> dict[tuple[str, int], Any]:
             newest[full_name] = max(version, newest.get(full_name, 0))
 
     parsed: dict[tuple[str, int], Any] = {}
+    versions: dict[tuple[str, int], Any] = {}  # each parsed version, as records embed it
     while pending:
         progress = False
         for raw, version in list(pending):
             full_name = _full_name(raw)
             named = {k: v for k, v in shared.items() if k != full_name}
+            pins = raw.get("embeds", {})
+            if any((name, v) not in versions for name, v in pins.items()):
+                continue
+            named.update({name: versions[(name, v)] for name, v in pins.items()})
             try:
                 parsed[(full_name, version)] = fastavro.parse_schema(raw, named_schemas=named)
             except UnknownType:
                 continue
             pending.remove((raw, version))
             progress = True
-            # Only the newest version is what other records embed: an older one that
-            # happens to resolve first must not stand in for it.
+            versions[(full_name, version)] = named[full_name]
+            # Only the newest version is what other records embed (unless they pin one in
+            # "embeds": the version they were written with): an older one that happens to
+            # resolve first must not stand in for it.
             if version == newest[full_name]:
                 shared[full_name] = named[full_name]
         if not progress:

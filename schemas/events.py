@@ -7,6 +7,7 @@ these into Avro and back. Each event class names its schema and the version it w
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -58,7 +59,7 @@ class ErrorInfo:
 @dataclass(frozen=True, slots=True)
 class TurnRequested:
     SCHEMA: ClassVar[str] = "soma.events.TurnRequested"
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
 
     event_id: str
     session_id: str
@@ -70,16 +71,33 @@ class TurnRequested:
     metadata: dict[str, str] = field(default_factory=dict)
     principal: str | None = None
     action: str | None = None
+    api: str | None = None  # None: the session API; "chat.completions" | "responses"
+    messages: list[ChatMessage] = field(default_factory=list)  # the OpenAI API's conversation
+    generation_json: str | None = None  # OpenAI generation parameters (JSON object)
 
     @classmethod
     def from_avro(cls, d: dict[str, Any]) -> TurnRequested:
-        return cls(**d)
+        messages = [ChatMessage(**m) for m in d.get("messages", ())]
+        return cls(**{**d, "messages": messages})
+
+    @property
+    def generation(self) -> dict[str, Any]:
+        """The OpenAI generation parameters ({} for a session API turn)."""
+        if not self.generation_json:
+            return {}
+        value = json.loads(self.generation_json)
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def client_tools(self) -> bool:
+        """The client offers its own tools: their calls go back to it, not to the mesh."""
+        return bool(self.generation.get("tools"))
 
 
 @dataclass(frozen=True, slots=True)
 class TurnAuthorized:
     SCHEMA: ClassVar[str] = "soma.events.TurnAuthorized"
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
 
     request: TurnRequested
     principal: str
@@ -95,7 +113,7 @@ class TurnAuthorized:
 @dataclass(frozen=True, slots=True)
 class TurnContextualized:
     SCHEMA: ClassVar[str] = "soma.events.TurnContextualized"
-    VERSION: ClassVar[int] = 3
+    VERSION: ClassVar[int] = 4
 
     request: TurnRequested
     principal: str
@@ -125,7 +143,7 @@ class TurnContextualized:
 @dataclass(frozen=True, slots=True)
 class ToolRequested:
     SCHEMA: ClassVar[str] = "soma.events.ToolRequested"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     turn: TurnContextualized
     calls: list[ToolCall]
@@ -154,7 +172,7 @@ class ToolRequested:
 @dataclass(frozen=True, slots=True)
 class TurnCompleted:
     SCHEMA: ClassVar[str] = "soma.events.TurnCompleted"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     request: TurnRequested
     principal: str

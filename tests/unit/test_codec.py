@@ -156,3 +156,58 @@ def test_records_embed_the_newest_version_of_a_versioned_record() -> None:
     schema = codec.schema("soma.events.ToolRequested")
     embedded = schema["__named_schemas"]["soma.events.TurnContextualized"]
     assert "tool_rounds" in {f["name"] for f in embedded["fields"]}
+
+
+def test_an_openai_api_turn_round_trips_through_every_record_that_embeds_it() -> None:
+    request = _request(
+        api="chat.completions",
+        messages=[
+            ChatMessage("system", "be brief"),
+            ChatMessage("assistant", "", tool_calls_json='[{"id":"c1"}]'),
+            ChatMessage("tool", "42", tool_call_id="c1"),
+        ],
+        generation_json='{"temperature": 0, "tools": [{"type": "function"}]}',
+    )
+    completed = TurnCompleted(
+        request=request, principal="p", status="completed", completed_at_ms=1, usage=Usage()
+    )
+    for event in (request, completed):
+        record = codec.encode(event)
+        decoded = codec.decode(record.value, record.headers)
+        assert decoded == event
+    assert request.client_tools and request.generation["temperature"] == 0
+
+
+def test_records_written_before_turn_requested_v3_still_read() -> None:
+    """TurnCompleted v1 embeds TurnRequested v2 (its `embeds` pin): its bytes read as they
+    were written, and the v3 fields take their defaults."""
+    v1 = codec.schema("soma.events.TurnCompleted", 1)
+    record = {
+        "request": {
+            "event_id": "e1",
+            "session_id": "s1",
+            "tenant": "t",
+            "persona_id": None,
+            "message": "hi",
+            "attachments": [],
+            "metadata": {},
+            "created_at_ms": 1,
+            "principal": "p",
+            "action": None,
+        },
+        "principal": "p",
+        "status": "completed",
+        "answer": "yes",
+        "model": "m",
+        "usage": {"prompt_tokens": 1, "completion_tokens": 2, "cost_usd": None},
+        "reserved_tokens": 0,
+        "error": None,
+        "completed_at_ms": 2,
+    }
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, v1, record)
+    headers = [("schema", b"soma.events.TurnCompleted"), ("schema-version", b"1")]
+    event = codec.decode(buf.getvalue(), headers)
+    assert isinstance(event, TurnCompleted)
+    assert (event.answer, event.request.message, event.request.tenant) == ("yes", "hi", "t")
+    assert (event.request.api, event.request.messages, event.request.generation) == (None, [], {})

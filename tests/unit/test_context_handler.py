@@ -179,3 +179,30 @@ async def test_models_the_tenant_may_not_use_are_skipped_or_refused(tmp_path: Pa
     assert isinstance(out.event, TurnCompleted) and out.event.status == "failed"
     assert out.event.error is not None and out.event.error.code == "model_not_allowed"
     assert [e.code for _, _, e in fanout.errors] == ["model_not_allowed"]
+
+
+async def test_an_openai_turn_sends_the_clients_messages_after_the_transcript(
+    tenants: TenantDirectory,
+) -> None:
+    history = [ChatMessage("user", "earlier"), ChatMessage("assistant", "answer")]
+    sent = [ChatMessage("developer", "Be a pirate."), ChatMessage("user", "hello")]
+    turn = _authorized(api="chat.completions", messages=sent, message="hello")
+    [output] = await _handler(tenants, history, memories=["never recalled"]).handle(turn)
+    assert output.event.messages == [  # type: ignore[union-attr]
+        ChatMessage("system", "Be a pirate."),  # the client's, not the tenant's
+        *history,
+        ChatMessage("user", "hello"),
+    ]
+    # Without a system message of its own the tenant's prompt leads.
+    turn = _authorized(api="responses", messages=[ChatMessage("user", "hi")], message="hi")
+    [output] = await _handler(tenants, []).handle(turn)
+    assert output.event.messages[0] == ChatMessage("system", "Be terse.")  # type: ignore[union-attr]
+
+
+async def test_openai_messages_that_cannot_fit_fail_the_turn(tenants: TenantDirectory) -> None:
+    fanout = RecordingFanout()
+    big = [ChatMessage("user", "word " * 2000)]
+    turn = _authorized(api="chat.completions", messages=big, message="word")
+    [output] = await _handler(tenants, [], fanout=fanout).handle(turn)
+    assert isinstance(output.event, TurnCompleted) and output.event.status == "failed"
+    assert [e.code for _, _, e in fanout.errors] == ["context_length_exceeded"]
