@@ -38,6 +38,7 @@ async def main(settings: ContextSettings, stop: asyncio.Event) -> None:
                 fanout=fanout,
                 context_window_tokens=settings.context_window_tokens,
                 recall_limit=settings.memory_recall_limit,
+                transcript_wait_s=settings.transcript_wait_s,
             )
             await serve_stage(handler, settings, stop, fanout=fanout)
     finally:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ from schemas.events import (
     Usage,
 )
 from schemas.topics import Topics
+
+log = logging.getLogger(__name__)
 
 
 async def _nothing() -> list[str]:
@@ -97,6 +100,7 @@ class ContextHandler:
     context_window_tokens: int = 2048
     history_limit: int = 50
     recall_limit: int = 3
+    transcript_wait_s: float = 5.0
     stage: str = "context"
 
     @property
@@ -179,6 +183,8 @@ class ContextHandler:
             output=cap,
             fixed=needed,
         )
+        if request.after_turn_id:
+            await self._transcribed(request.after_turn_id)
         history = await self.transcript.recent(request.session_id, self.history_limit)
         kept = fit_history(history, room)
         system = sent[:1] if sent and sent[0].role == "system" else []
@@ -192,6 +198,19 @@ class ContextHandler:
             fallbacks=fallbacks,
         )
         return [Output(self.topics.contextualized.name, contextualized)]
+
+    async def _transcribed(self, turn_id: str) -> None:
+        """Wait, up to `transcript_wait_s`, until the transcript holds `turn_id`: the turn
+        continues its exchange, which the persistence stage stores just after the answer
+        the client has already seen. Past the wait it goes on with what is there."""
+        deadline = time.monotonic() + self.transcript_wait_s
+        pause = 0.01
+        while not await self.transcript.holds(turn_id):
+            if time.monotonic() + pause > deadline:
+                log.warning("turn %s is not in the transcript yet; going on without it", turn_id)
+                return
+            await asyncio.sleep(pause)  # a poll of Postgres, backing off to 0.2 s
+            pause = min(pause * 2, 0.2)
 
     async def _usable_profiles(self, role: str, tenant: Tenant, cap: int) -> list[ModelProfile]:
         """The role's profile and fallbacks the tenant may use, each capped at `cap`."""

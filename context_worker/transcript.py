@@ -24,3 +24,12 @@ class PostgresTranscript:
         except (OSError, asyncpg.PostgresError) as exc:
             raise DependencyUnavailable(f"transcript read failed: {exc!r}") from exc
         return [ChatMessage(r["role"], r["content"]) for r in reversed(rows)]
+
+    async def holds(self, turn_id: str) -> bool:
+        try:
+            found = await self._pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE turn_id = $1)", turn_id
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise DependencyUnavailable(f"transcript read failed: {exc!r}") from exc
+        return bool(found)

@@ -355,6 +355,10 @@ class Transcript(Protocol):
         """The last `limit` messages of the session, oldest first."""
         ...
 
+    async def holds(self, turn_id: str) -> bool:
+        """The turn's exchange is in its session's transcript."""
+        ...
+
 
 class Memory(Protocol):
     async def recall(self, tenant: str, principal: str, query: str, limit: int) -> list[str]: ...

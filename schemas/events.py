@@ -74,6 +74,7 @@ class TurnRequested:
     api: str | None = None  # None: the session API; "chat.completions" | "responses"
     messages: list[ChatMessage] = field(default_factory=list)  # the OpenAI API's conversation
     generation_json: str | None = None  # OpenAI generation parameters (JSON object)
+    after_turn_id: str | None = None  # the turn whose exchange this one continues
 
     @classmethod
     def from_avro(cls, d: dict[str, Any]) -> TurnRequested:

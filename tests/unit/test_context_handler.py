@@ -58,6 +58,9 @@ class MemoryTranscript:
     async def recent(self, session_id: str, limit: int) -> list[ChatMessage]:
         return self.messages[-limit:]
 
+    async def holds(self, turn_id: str) -> bool:
+        return False
+
 
 def _authorized(**overrides: object) -> TurnAuthorized:
     fields = dict(event_id="e", session_id="s", message="question", created_at_ms=1, tenant="acme")
@@ -206,3 +209,38 @@ async def test_openai_messages_that_cannot_fit_fail_the_turn(tenants: TenantDire
     [output] = await _handler(tenants, [], fanout=fanout).handle(turn)
     assert isinstance(output.event, TurnCompleted) and output.event.status == "failed"
     assert [e.code for _, _, e in fanout.errors] == ["context_length_exceeded"]
+
+
+class ArrivingTranscript(MemoryTranscript):
+    """The persistence stage stores the previous turn on the third look."""
+
+    def __init__(self, messages: list[ChatMessage]) -> None:
+        super().__init__([])
+        self.arriving = messages
+        self.looks = 0
+
+    async def holds(self, turn_id: str) -> bool:
+        self.looks += 1
+        if self.looks >= 3:
+            self.messages = self.arriving
+        return self.looks >= 3
+
+
+async def test_a_continuing_turn_waits_for_the_previous_one_in_the_transcript(
+    tenants: TenantDirectory,
+) -> None:
+    previous = [ChatMessage("user", "my name is Ada"), ChatMessage("assistant", "hello Ada")]
+    transcript = ArrivingTranscript(previous)
+    handler = _handler(tenants, [])
+    handler.transcript = transcript
+    turn = _authorized(
+        api="responses", messages=[ChatMessage("user", "who am I?")], after_turn_id="t0"
+    )
+    [output] = await handler.handle(turn)
+    assert transcript.looks == 3
+    assert output.event.messages[1:3] == previous  # type: ignore[union-attr]
+    # A turn that never arrives is waited for only `transcript_wait_s`.
+    handler = _handler(tenants, [])
+    handler.transcript_wait_s = 0.05
+    [output] = await handler.handle(turn)
+    assert output.event.messages[1:] == [ChatMessage("user", "who am I?")]  # type: ignore[union-attr]
