@@ -247,7 +247,22 @@ class EgressSettings(CommonSettings):
 # ---- one class per service -------------------------------------------------------------
 
 
-class IngressSettings(AuthSettings, EgressSettings):
+class ProfileSettings(CommonSettings):
+    """Where a turn's model profile is looked up (the context stage uses it; the policy
+    stage resolves it too, so OPA decides on the model the turn will really use; the
+    ingress resolves the OpenAI API's `model` among the roles of this mode)."""
+
+    # Profiles are looked up in this deployment mode; the default profile of the mode
+    # (role `dialogue`) is created from the values below when it does not exist yet.
+    deployment_mode: str = "local"
+    default_model: str = "openai/smollm2"
+    default_model_base_url: str | None = None  # None = the local model's address
+    default_max_tokens: int = 256
+    default_temperature: float = 0.7
+    profile_cache_ttl_s: float = 2.0
+
+
+class IngressSettings(AuthSettings, EgressSettings, ProfileSettings):
     service_name: str = "ingress"
     gateway_port: int = 8010
     gateway_host: str = "127.0.0.1"
@@ -282,9 +297,15 @@ class IngressSettings(AuthSettings, EgressSettings):
     outbox_relay_interval_s: float = 0.5
     # How long an Idempotency-Key is remembered (the same key answers the same turn).
     idempotency_ttl_s: int = 24 * 3600
+    # How long a Responses API response (POST /v1/responses) is kept: fetched, resumed,
+    # continued with previous_response_id; older ones are 404 and deleted.
+    responses_retention_s: int = 24 * 3600
     # The capsule registry behind /v1/capsules (unset: those routes answer 503).
     capsule_registry_url: str | None = None
     capsule_registry_timeout_s: float = 10.0
+    # The longest POST /v1/chat/completions waits for its turn to end: then 504 (a stream
+    # ends with an error frame). The turn itself goes on and is stored.
+    openai_turn_timeout_s: float = Field(300.0, gt=0)
 
     @model_validator(mode="after")
     def _anonymous_only_on_loopback(self) -> IngressSettings:
@@ -302,20 +323,6 @@ class IngressSettings(AuthSettings, EgressSettings):
         if self.gateway_allowed_hosts is not None:
             return self.gateway_allowed_hosts
         return None if self.gateway_require_auth else list(LOOPBACK_HOSTS)
-
-
-class ProfileSettings(CommonSettings):
-    """Where a turn's model profile is looked up (the context stage uses it; the policy
-    stage resolves it too, so OPA decides on the model the turn will really use)."""
-
-    # Profiles are looked up in this deployment mode; the default profile of the mode
-    # (role `dialogue`) is created from the values below when it does not exist yet.
-    deployment_mode: str = "local"
-    default_model: str = "openai/smollm2"
-    default_model_base_url: str | None = None  # None = the local model's address
-    default_max_tokens: int = 256
-    default_temperature: float = 0.7
-    profile_cache_ttl_s: float = 2.0
 
 
 class TurnShapeSettings(CommonSettings):
@@ -340,6 +347,9 @@ class PolicySettings(
 
 class ContextSettings(StageSettings, MemorySettings, ProfileSettings, TurnShapeSettings):
     service_name: str = "context_worker"
+    # How long a turn that continues another (previous_response_id) waits for that turn
+    # to be in the transcript (the persistence stage stores it just after its answer).
+    transcript_wait_s: float = Field(5.0, ge=0)
 
 
 class LLMSettings(StageSettings, EgressSettings, TurnShapeSettings):

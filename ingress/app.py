@@ -17,10 +17,13 @@ from ingress.metrics import refresh_deployment_gauges
 from ingress.resources import open_resources
 from ingress.routes import (
     capsules,
+    chat_completions,
     health,
     keys,
     model_profiles,
+    models,
     requeue,
+    responses,
     route,
     session,
     stream,
@@ -28,6 +31,8 @@ from ingress.routes import (
 
 # Starting a turn answers within TURN_ACCEPT_DEADLINE_S (ingress/deadline.py).
 TURN_PATHS = frozenset({"/v1/session/message", "/v1/session/action"})
+# (Not the OpenAI routes: their answer is the turn's outcome, which takes longer than
+# accepting it; they bound the acceptance with the same deadline inside the route.)
 
 
 def create_app(settings: IngressSettings | None = None) -> FastAPI:
@@ -60,6 +65,9 @@ def create_app(settings: IngressSettings | None = None) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(capsules.router)
     app.include_router(requeue.router)
+    app.include_router(chat_completions.router)
+    app.include_router(models.router)
+    app.include_router(responses.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

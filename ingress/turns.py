@@ -44,6 +44,7 @@ class NewTurn:
     api: str | None = None
     messages: list[ChatMessage] = field(default_factory=list)
     generation: dict[str, Any] = field(default_factory=dict)
+    after_turn_id: str | None = None  # continues this turn's exchange (previous_response_id)
 
     def fingerprint(self) -> str:
         return request_hash("turn", json.dumps(dataclasses.asdict(self), sort_keys=True))
@@ -75,6 +76,7 @@ def _event(turn: NewTurn, admission: Admission, session_id: str, event_id: str) 
         generation_json=json.dumps(turn.generation, separators=(",", ":"))
         if turn.generation
         else None,
+        after_turn_id=turn.after_turn_id,
     )
 
 
