@@ -14,7 +14,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -123,29 +123,49 @@ class CpuProbe:
         return {"wall_s": wall, "cpu_ms": cpu_ms, "machine_busy_ms": busy_ms}
 
 
-async def count_stored(dsn: str, turn_ids: list[str], timeout_s: float = 60) -> dict[str, int]:
-    """Rows in `turns` for these ids, waiting (bounded) for the persistence stage to catch up."""
+async def count_stored(
+    dsn: str,
+    turn_ids: list[str],
+    timeout_s: float = 60,
+    sessions: Mapping[str, str] | None = None,
+) -> dict[str, int]:
+    """Rows in `turns` for these ids, waiting (bounded) for the persistence stage to catch up.
+
+    `sessions` (turn id -> the session the client was told it ran in: the session API's
+    answer, a chat completion's `X-Session-Id`) adds `in_session`: the stored turns whose
+    row names that session, so a turn stored under another session is not taken as found.
+    """
+    sessions = sessions or {}
+    ids = list(dict.fromkeys(turn_ids))
+    expected = [sessions.get(t, "") for t in ids]
     conn = await asyncpg.connect(dsn)
     try:
         deadline = time.monotonic() + timeout_s
         last, since = -1, time.monotonic()
         while True:
             row = await conn.fetchrow(
-                "SELECT count(*) AS n, count(*) FILTER (WHERE status = 'completed') AS completed"
-                " FROM turns WHERE turn_id = ANY($1::text[])",
-                turn_ids,
+                "SELECT count(*) AS n, count(*) FILTER (WHERE t.status = 'completed') AS completed,"
+                " count(*) FILTER (WHERE t.session_id = x.session_id) AS in_session"
+                " FROM turns t JOIN unnest($1::text[], $2::text[]) AS x(turn_id, session_id)"
+                " ON t.turn_id = x.turn_id",
+                ids,
+                expected,
             )
             assert row is not None  # an aggregate always has its row
             stored = int(row["n"])
             if stored != last:
                 last, since = stored, time.monotonic()
             now = time.monotonic()
-            if stored >= len(turn_ids) or now > deadline or now - since > 10:
-                return {
-                    "total": len(turn_ids),
+            if stored >= len(ids) or now > deadline or now - since > 10:
+                found = {
+                    "total": len(ids),
                     "stored": stored,
                     "completed": int(row["completed"]),
                 }
+                if sessions:
+                    found["in_session"] = int(row["in_session"])
+                    found["with_session"] = sum(1 for s in expected if s)
+                return found
             await asyncio.sleep(0.5)
     finally:
         await conn.close()

@@ -2,7 +2,8 @@
 
 Open loop, so a slow gateway cannot slow the arrivals down and hide its own queueing
 (coordinated omission). `Client` speaks the gateway's session API (events stream, then
-the message); `ChatClient` speaks OpenAI's streamed chat completions, for a peer proxy
+the message); `ChatClient` speaks OpenAI's streamed chat completions, the request a
+LiteLLM proxy user sends, to the gateway's `/v1/chat/completions` and to a peer proxy
 driven with the same arrivals (bench/peer.py). Both speak HTTP/1.1 over bare asyncio
 streams and never parse JSON on the hot path: on a 2-core machine shared with the whole
 mesh, the load generator's own CPU would otherwise be a large part of what is measured
@@ -28,6 +29,11 @@ END_TYPES = (b"assistant.final", b"error")
 # (the gateway may coalesce several tokens into one `assistant.delta`).
 TOKEN = re.compile(rb"tok\d+ ")
 EXPECTED_TOKENS = 20  # the fake upstream's default answer
+# The completion id of a gateway chat completion is `chatcmpl-<turn id>` (a LiteLLM proxy's
+# is its own): read from the first chunk, so the turn can be looked up where it is stored.
+COMPLETION_ID = re.compile(rb'"id":\s*"chatcmpl-([^"]+)"')
+# The usage chunk (`stream_options.include_usage`): only it carries token counts.
+USAGE = b'"completion_tokens"'
 
 
 @dataclass(slots=True)
@@ -40,6 +46,7 @@ class TurnResult:
     error: str | None = None
     detail: str | None = None
     turn_id: str | None = None
+    session_id: str | None = None  # the session the gateway ran the turn in
     lag_ms: float = 0.0  # how late the generator started the turn (its own saturation)
     sse_open_ms: float | None = None
     post_ms: float | None = None
@@ -48,6 +55,7 @@ class TurnResult:
     end_s: float | None = None
     deltas: int = 0  # frames that carried answer text (info: coalescing changes it)
     tokens: int = 0  # the upstream's tokens found in that text (completeness)
+    usage: bool = False  # a chat completion's stream carried its usage chunk
 
 
 @dataclass
@@ -99,6 +107,7 @@ class LoadRun:
             "completed_rate": finished_in_window / self.duration_s,
             "done_in_time_rate": done_in_time / self.duration_s,
             "short_answers": sum(1 for t in ok if t.tokens != expected_tokens),
+            "usage_chunks": sum(1 for t in ok if t.usage),
             "frames_per_turn": pct_dict([float(t.deltas) for t in ok]),
             "lag_ms": pct_dict([t.lag_ms for t in m]),
             "sse_open_ms": pct_dict([t.sse_open_ms for t in ok if t.sse_open_ms is not None]),
@@ -260,7 +269,9 @@ class Client:
             result.post_ms = (time.perf_counter() - t0) * 1000
             if status // 100 != 2:
                 raise HttpError(f"post_{status}")
-            result.turn_id = str(json.loads(data)["event_id"])
+            accepted = json.loads(data)
+            result.turn_id = str(accepted["event_id"])
+            result.session_id = str(accepted["session_id"])
             if self.post_first:
                 await self._open_events(reader, writer, session_id, result, started)
             await self._follow(reader, result, t0)
@@ -314,23 +325,36 @@ class Client:
 
 class ChatClient(Client):
     """OpenAI streamed chat completions on pooled keep-alive connections, as an SDK sends
-    them: TTFT at the first chunk with answer text, the end at `data: [DONE]`."""
+    them: TTFT at the first chunk with answer text, the end at `data: [DONE]`.
+
+    `include_usage` asks for the usage chunk (`stream_options.include_usage`, as the
+    `openai` SDK's users and LiteLLM's own clients do to count tokens). The completion's
+    turn id (a gateway's `chatcmpl-<turn id>`) and its `X-Session-Id` are kept, so a
+    gateway's chat turns are checked in its store like the session API's.
+    """
 
     def __init__(
-        self, host: str, port: int, headers: Mapping[str, str] | None = None, model: str = "fake"
+        self,
+        host: str,
+        port: int,
+        headers: Mapping[str, str] | None = None,
+        model: str = "fake",
+        include_usage: bool = False,
     ) -> None:
         super().__init__(host, port, headers)
-        self.body = json.dumps(
-            {
-                "model": model,
-                "stream": True,
-                "messages": [{"role": "user", "content": "hello bench"}],
-            }
-        ).encode()
+        body: dict[str, Any] = {
+            "model": model,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hello bench"}],
+        }
+        if include_usage:
+            body["stream_options"] = {"include_usage": True}
+        self.body = json.dumps(body).encode()
 
     async def turn(self, result: TurnResult, session_id: str, started: float) -> None:
-        """One streamed completion (no session: `session_id` is not used); a stale pooled
-        connection is retried once, fresh."""
+        """One streamed completion, in no session of the client's (`session_id` is not
+        sent: a gateway runs it in a new session of its own); a stale pooled connection is
+        retried once, fresh."""
         head = (
             f"POST /v1/chat/completions HTTP/1.1\r\nhost: {self.host}\r\n{self._extra}"
             f"content-type: application/json\r\ncontent-length: {len(self.body)}\r\n\r\n"
@@ -349,6 +373,8 @@ class ChatClient(Client):
                         continue
                     raise
                 result.post_ms = (time.perf_counter() - t0) * 1000
+                if session := headers.get(b"x-session-id"):
+                    result.session_id = session.decode()
                 if status != 200:
                     result.detail = (await _read_body(reader, headers))[:300].decode(
                         "utf-8", "replace"
@@ -384,14 +410,19 @@ class ChatClient(Client):
                     continue  # after [DONE]: drain
                 if block.startswith(b"data: [DONE]"):
                     result.total_ms = (time.perf_counter() - t0) * 1000
-                elif block.startswith(b'data: {"error"'):
+                    continue
+                if block.startswith(b'data: {"error"'):
                     result.detail = block.decode("utf-8", "replace")[-300:]
                     raise HttpError("error_event")
-                elif found := len(TOKEN.findall(block)):
+                if found := len(TOKEN.findall(block)):
                     result.deltas += 1
                     result.tokens += found
                     if result.ttft_ms is None:
                         result.ttft_ms = (time.perf_counter() - t0) * 1000
+                elif USAGE in block:
+                    result.usage = True
+                if result.turn_id is None and (found_id := COMPLETION_ID.search(block)):
+                    result.turn_id = found_id.group(1).decode()
         if result.total_ms is None:
             raise HttpError("stream_ended")
 

@@ -2,17 +2,23 @@
 
 Both sit in front of the same fake upstream (bench/fake_upstream.py: 50 ms to the first
 token, then 20 tokens 5 ms apart) on the same machine, and the same open-loop generator
-(bench/load.py) drives them with the same arrivals: at each rate both get the Poisson
-schedule of one seed, one side after the other, the side that goes first alternating
-from rate to rate (so neither always meets a machine the other just warmed or heated).
+(bench/load.py) drives them with the same arrivals: at each rate every side gets the Poisson
+schedule of one seed, one side after the other, the order rotating from rate to rate
+(so no side always meets a machine another just warmed or heated).
 
 - Soma: the whole mesh in a sandbox (bench/run.py's `open_stack`), driven as a client
   with an API key would (a `turns` key made with the sandbox's bootstrap key), through
-  the session API: events stream open, then POST the message, TTFT at the first answer
-  text, the end at `assistant.final`.
+  either of its APIs (`--gateway-api`, both by default, each a side of its own):
+  - `soma` (session API): POST the message on a new session, then its events stream
+    (which replays the turn from its start), TTFT at the first answer text, the end at
+    `assistant.final`;
+  - `soma_chat` (OpenAI API): the very request sent to LiteLLM below, key as Bearer,
+    TTFT at the first chunk with answer text, the end at `data: [DONE]`. Its turn id is
+    in the completion's id (`chatcmpl-<turn id>`), its session in `X-Session-Id`.
 - LiteLLM proxy at a pinned version in a venv of its own (bench/litellm_peer.py), two
-  workers, its master key as Bearer: streamed `POST /v1/chat/completions`, TTFT at the
-  first answer text, the end at `data: [DONE]`.
+  workers, its master key as Bearer: streamed `POST /v1/chat/completions` with
+  `stream_options.include_usage`, TTFT at the first answer text, the end at
+  `data: [DONE]`.
 
 Added TTFT is the client's TTFT minus the fake's own median, measured direct. CPU per
 request is each side's own processes over its window: for Soma the ingress, every worker
@@ -20,12 +26,14 @@ and its backing services (Kafka, Postgres, Redis, OpenFGA, OPA: whole process tr
 on the machine's shared Kafka and Postgres anything else they serve is charged too; see
 `--own`), for LiteLLM its proxy's process tree; the fake and the generator are apart.
 A side stops at the first rate it does not sustain (`--keep-going`: it runs them all).
-The run fails (exit 1) when a Soma turn that was accepted is not found stored, or an
-answer on either side lacks some of the fake's tokens.
+The run fails (exit 1) when a Soma turn that was accepted is not found stored (in the
+session the client was told), a Soma chat completion lacks its turn id or its usage
+chunk, or an answer on any side lacks some of the fake's tokens.
 
-    python -m bench.peer                 # idle floor + 10..80 turns/s, ~6-10 minutes
+    python -m bench.peer                 # idle floor + 10..80 turns/s, ~10-15 minutes
     python -m bench.peer --quick         # shorter windows
     python -m bench.peer --rates 20,40 --replicas 2 --own kafka,postgres
+    python -m bench.peer --gateway-api chat   # LiteLLM and the gateway's chat completions
 """
 
 from __future__ import annotations
@@ -47,7 +55,13 @@ from bench.run import REPORTS, Stack, finish, open_stack, run_bench
 
 log = logging.getLogger("bench.peer")
 
-SOMA, LITELLM = "soma", "litellm"
+SOMA, SOMA_CHAT, LITELLM = "soma", "soma_chat", "litellm"
+GATEWAY_SIDES = (SOMA, SOMA_CHAT)
+LABELS = {SOMA: "gateway session", SOMA_CHAT: "gateway chat", LITELLM: "LiteLLM"}
+# What `--gateway-api` runs on the gateway's side.
+GATEWAY_APIS = {"session": (SOMA,), "chat": (SOMA_CHAT,), "both": (SOMA, SOMA_CHAT)}
+# Both APIs are driven with what a LiteLLM proxy user sends: the model by its name.
+MODEL = "fake"
 
 
 @dataclass(frozen=True)
@@ -112,8 +126,18 @@ async def drive(
     summary["settle_s"], probes = await settle(side.client, prefix, plan.timeout_s)
     if side.dsn is not None:
         ids = [t.turn_id for t in run.turns if t.turn_id] + probes
-        summary["storage"] = await count_stored(side.dsn, ids)
+        sessions = {t.turn_id: t.session_id for t in run.turns if t.turn_id and t.session_id}
+        summary["storage"] = await count_stored(side.dsn, ids, sessions=sessions)
+        # An answered turn whose id the client never saw would escape the check above.
+        summary["without_turn_id"] = sum(1 for t in run.turns if t.ok and not t.turn_id)
     return summary
+
+
+def order_at(sides: list[Side], i: int) -> list[Side]:
+    """The sides' order at the i-th rate: rotated by one each rate, so every side goes
+    first, second, ... in turn (two sides: alternating)."""
+    k = i % len(sides) if sides else 0
+    return sides[k:] + sides[:k]
 
 
 async def make_turns_key(stack: Stack) -> str:
@@ -155,8 +179,13 @@ async def peer_main(args: argparse.Namespace) -> dict[str, Any]:
         "plan": plan.__dict__,
         "replicas": args.replicas,
         "own_servers": list(own),
-        "soma": {"auth": "API key (turns scope)", "llm_transport": args.transport},
+        "soma": {
+            "auth": "API key (turns scope)",
+            "llm_transport": args.transport,
+            "apis": list(GATEWAY_APIS[args.gateway_api]),
+        },
         "litellm": {"version": litellm_peer.VERSION, "workers": args.litellm_workers},
+        "request": {"model": MODEL, "stream": True, "stream_options": {"include_usage": True}},
         "upstream_ttft_ms": stack.upstream_ttft_ms,
         "logs": str(stack.sandbox.dir),
         "rates": [],
@@ -169,15 +198,24 @@ async def peer_main(args: argparse.Namespace) -> dict[str, Any]:
         litellm_pid = peer.proc.pid
         key = await make_turns_key(stack)
         gateway_port = int(stack.mesh.env["GATEWAY_PORT"])
-        sides = [
-            Side(
-                SOMA,
-                Client("127.0.0.1", gateway_port, {"authorization": f"Bearer {key}"}),
-                lambda: stack.charged,
-                dsn=stack.sandbox.postgres_dsn,
+        bearer = {"authorization": f"Bearer {key}"}
+        gateway_clients: dict[str, Client] = {
+            SOMA: Client("127.0.0.1", gateway_port, bearer),
+            SOMA_CHAT: ChatClient(
+                "127.0.0.1", gateway_port, bearer, model=MODEL, include_usage=True
             ),
-            Side(LITELLM, ChatClient("127.0.0.1", peer.port, peer.headers), lambda: {LITELLM}),
+        }
+        sides = [
+            Side(name, gateway_clients[name], lambda: stack.charged, stack.sandbox.postgres_dsn)
+            for name in GATEWAY_APIS[args.gateway_api]
         ]
+        sides.append(
+            Side(
+                LITELLM,
+                ChatClient("127.0.0.1", peer.port, peer.headers, model=MODEL, include_usage=True),
+                lambda: {LITELLM},
+            )
+        )
         probe = CpuProbe(lambda: {**stack.pids(), LITELLM: litellm_pid})
         up = stack.upstream_ttft_ms["used"]
         report["warm_up"] = {}
@@ -188,7 +226,7 @@ async def peer_main(args: argparse.Namespace) -> dict[str, Any]:
                 side, probe, plan, WARM_RATE, plan.warm_s, 999, prefix, up
             )
         for i, rate in enumerate((plan.idle_rate, *plan.rates)):
-            order = sides if i % 2 == 0 else sides[::-1]
+            order = order_at(sides, i)
             row: dict[str, Any] = {"rate": rate, "order": [s.name for s in order]}
             for side in order:
                 if side.stopped_at is not None and not args.keep_going:
@@ -210,10 +248,7 @@ async def peer_main(args: argparse.Namespace) -> dict[str, Any]:
             peer.stop()
         await stack.close()
     best = {s.name: max_sustained(s) for s in sides}
-    report["max_sustained"] = {
-        **best,
-        "ratio": best[SOMA] / best[LITELLM] if best.get(LITELLM) else None,
-    }
+    report["max_sustained"] = {**best, **ratios(best)}
     report["wall_s"] = time.monotonic() - started
     return report
 
@@ -228,22 +263,47 @@ def max_sustained(side: Side) -> float:
     return best
 
 
+def ratios(best: dict[str, float]) -> dict[str, float | None]:
+    """Each gateway API's highest sustained rate over LiteLLM's (`ratio`: the session
+    API's, as before the chat side existed; `ratio_chat`: the chat completions')."""
+    keys = {SOMA: "ratio", SOMA_CHAT: "ratio_chat"}
+    lit = best.get(LITELLM)
+    return {keys[n]: (best[n] / lit if lit else None) for n in GATEWAY_SIDES if n in best}
+
+
 def failures(report: dict[str, Any]) -> list[str]:
-    """Lost or unstored Soma turns at any rate; answers short of tokens on either side."""
+    """Lost or unstored Soma turns at any rate (either API); a chat completion without its
+    turn id or (asked for) its usage chunk; answers short of tokens on any side."""
     found = []
     warm = report.get("warm_up", {})
     for row in [{"rate": WARM_RATE, "run": "warm-up ", **warm}, *report["rates"]]:
-        soma = row.get(SOMA)
-        if soma and soma["storage"]["stored"] < soma["storage"]["total"]:
-            s = soma["storage"]
-            found.append(
-                f"soma {row.get('run', '')}at {row['rate']:.0f}/s: "
-                f"{s['total'] - s['stored']} of {s['total']} accepted turns were not stored"
-            )
-        for name in (SOMA, LITELLM):
+        where = f"{row.get('run', '')}at {row['rate']:.0f}/s"
+        for name in GATEWAY_SIDES:
+            r = row.get(name)
+            if not r:
+                continue
+            s = r["storage"]
+            if s["stored"] < s["total"]:
+                found.append(
+                    f"{name} {where}: {s['total'] - s['stored']} of {s['total']} accepted "
+                    "turns were not stored"
+                )
+            if s.get("in_session", 0) < s.get("with_session", 0):
+                found.append(
+                    f"{name} {where}: {s['with_session'] - s['in_session']} turns were not "
+                    "stored in the session the client was told"
+                )
+            if r.get("without_turn_id"):
+                found.append(f"{name} {where}: {r['without_turn_id']} answers had no turn id")
+            if name == SOMA_CHAT and r["usage_chunks"] < r["ok"]:
+                found.append(
+                    f"{name} {where}: {r['ok'] - r['usage_chunks']} of {r['ok']} streams "
+                    "lacked the usage chunk (stream_options.include_usage)"
+                )
+        for name in (*GATEWAY_SIDES, LITELLM):
             if row.get(name) and row[name]["short_answers"]:
                 found.append(
-                    f"{name} {row.get('run', '')}at {row['rate']:.0f}/s: "
+                    f"{name} {where}: "
                     f"{row[name]['short_answers']} answers lacked some of the upstream's tokens"
                 )
     return found
@@ -253,13 +313,17 @@ def _f(value: float | None, digits: int = 0) -> str:
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
-def _pair(r: dict[str, Any] | None, get: Callable[[dict[str, Any]], str]) -> str:
-    return get(r) if r else "-"
+def sides_of(report: dict[str, Any]) -> list[str]:
+    """The sides a report ran, gateway APIs first."""
+    ran = {n for row in report["rates"] for n in (*GATEWAY_SIDES, LITELLM) if n in row}
+    return [n for n in (*GATEWAY_SIDES, LITELLM) if n in ran]
 
 
 def render(report: dict[str, Any]) -> str:
-    """The side-by-side table (markdown), Soma's CPU by process, the verdict."""
+    """The side-by-side table (markdown, a row per rate and side), the gateway's CPU by
+    process for each of its APIs, the verdict."""
     m, up = report["machine"], report["upstream_ttft_ms"]
+    names = sides_of(report)
     lines = [
         f"Soma Gateway vs LiteLLM proxy {report['litellm']['version']} "
         f"({report['litellm']['workers']} workers)  {m['date']}  commit {m['git_commit'][:10]}"
@@ -267,48 +331,45 @@ def render(report: dict[str, Any]) -> str:
         f"fake upstream TTFT measured direct p50 {up['p50']:.1f} / p99 {up['p99']:.1f} ms "
         f"(subtracted: {up['used']:.1f}); Soma with an API key, {report['replicas']} "
         f"replica(s) per stage, LLM_TRANSPORT={report['soma']['llm_transport']}",
+        "gateway session = POST /v1/session/message, then its events stream; "
+        + ("gateway chat and " if SOMA_CHAT in names else "")
+        + "LiteLLM = streamed POST /v1/chat/completions (model `fake`, "
+        "stream_options.include_usage), the same request to each",
         "",
-        "| rate | LiteLLM added TTFT p50 / p99 ms | Soma added TTFT p50 / p99 ms "
-        "| done turns/s LiteLLM / Soma | errors LiteLLM / Soma | sustained LiteLLM / Soma "
-        "| CPU ms/req LiteLLM / Soma | first |",
-        "|---|---|---|---|---|---|---|---|",
+        "| rate | side | added TTFT p50 / p99 ms | done turns/s | errors | sustained "
+        "| CPU ms/req | stored | order |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-
-    def ttft(r: dict[str, Any]) -> str:
-        g = r["gateway_ttft_ms"]
-        return f"{_f(g.get('p50'))} / {_f(g.get('p99'))}"
-
     for row in report["rates"]:
-        lit, soma = row.get(LITELLM), row.get(SOMA)
-        both = (lit, soma)
-        lines.append(
-            f"| {row['rate']:.0f} | {_pair(lit, ttft)} | {_pair(soma, ttft)} | "
-            + " / ".join(_pair(r, lambda r: f"{r['completed_rate']:.1f}") for r in both)
-            + " | "
-            + " / ".join(_pair(r, lambda r: str(r["errors"])) for r in both)
-            + " | "
-            + " / ".join(_pair(r, lambda r: "yes" if r["sustained"] else "NO") for r in both)
-            + " | "
-            + " / ".join(_pair(r, lambda r: f"{r['cpu']['side_ms_per_turn']:.1f}") for r in both)
-            + f" | {row['order'][0]} |"
-        )
+        for name in names:
+            r = row.get(name)
+            if not r:
+                continue
+            g = r["gateway_ttft_ms"]
+            storage = r.get("storage")
+            stored = f"{storage['stored']}/{storage['total']}" if storage else "-"
+            lines.append(
+                f"| {row['rate']:.0f} | {LABELS[name]} | {_f(g.get('p50'))} / {_f(g.get('p99'))} "
+                f"| {r['completed_rate']:.1f} | {r['errors']} "
+                f"| {'yes' if r['sustained'] else 'NO'} | {r['cpu']['side_ms_per_turn']:.1f} "
+                f"| {stored} | {row['order'].index(name) + 1} of {len(row['order'])} |"
+            )
     best = report["max_sustained"]
-    ratio = best["ratio"]
+    verdict = ", ".join(f"{LABELS[n]} {best[n]:.0f}" for n in names if n in best)
+    ratio = "; ".join(
+        f"{LABELS[n]} / LiteLLM {_f(best.get(k), 2)}"
+        for n, k in ((SOMA, "ratio"), (SOMA_CHAT, "ratio_chat"))
+        if k in best
+    )
     lines += [
         "",
-        f"highest sustained rate: LiteLLM {best[LITELLM]:.0f} turns/s, Soma {best[SOMA]:.0f} "
-        f"turns/s, ratio Soma/LiteLLM {_f(ratio, 2)}",
+        f"highest sustained rate (turns/s): {verdict}; ratio {ratio}",
         f"(sustained: < 1% errors, >= 95% of the arrivals done OK by the window's end + "
         f"{report['plan']['p99_limit_ms']:.0f} ms, generator lag p99 < 100 ms, p99 total < "
         f"{report['plan']['p99_limit_ms']:.0f} ms)",
     ]
     busy = max(
-        (
-            row[n]["cpu"]["other_cores"]
-            for row in report["rates"]
-            for n in (SOMA, LITELLM)
-            if n in row
-        ),
+        (row[n]["cpu"]["other_cores"] for row in report["rates"] for n in names if n in row),
         default=0.0,
     )
     if busy > BUSY_CORES:
@@ -319,31 +380,38 @@ def render(report: dict[str, Any]) -> str:
             "the comparison then favours the side with more processes (Soma). Re-run on an "
             "otherwise idle machine."
         )
-    soma_rows = [row for row in report["rates"] if row.get(SOMA)]
-    if soma_rows:
-        names = sorted(
-            soma_rows[-1][SOMA]["cpu"]["ms_per_turn"],
-            key=lambda n: -soma_rows[-1][SOMA]["cpu"]["ms_per_turn"][n],
-        )
-        lines += ["", "CPU ms per turn by process (Soma's window; * = charged to Soma):"]
-        lines.append(f"{'process':22}" + "".join(f"{r['rate']:>8.0f}" for r in soma_rows))
-        charged = set(soma_rows[0][SOMA]["cpu"]["ms_per_turn"]) - {"fake_upstream", "loadgen"}
-        for n in names:
-            if n == LITELLM:
-                continue
-            cells = "".join(f"{_f(r[SOMA]['cpu']['ms_per_turn'].get(n), 2):>8}" for r in soma_rows)
-            lines.append(f"{n + (' *' if n in charged else ''):22}{cells}")
-        lines.append(
-            f"{'not ours (cores)':22}"
-            + "".join(f"{_f(r[SOMA]['cpu']['other_cores'], 2):>8}" for r in soma_rows)
-        )
+    for name in GATEWAY_SIDES:
+        lines += _cpu_by_process(report, name)
     lines += [
         "",
         "added TTFT = client TTFT - the fake's direct median; done = turns ending OK inside "
-        "the window per s; CPU ms/req = the side's processes over its window / its requests",
+        "the window per s; CPU ms/req = the side's processes over its window / its requests; "
+        "stored = the side's turns found in Postgres / its accepted turns (with the probes)",
         f"wall time {report['wall_s']:.0f} s",
     ]
     return "\n".join(lines)
+
+
+def _cpu_by_process(report: dict[str, Any], name: str) -> list[str]:
+    """CPU ms per turn of every process in one gateway side's windows, rate by rate."""
+    rows = [row for row in report["rates"] if row.get(name)]
+    if not rows:
+        return []
+    last = rows[-1][name]["cpu"]["ms_per_turn"]
+    procs = sorted(last, key=lambda n: -last[n])
+    lines = ["", f"CPU ms per turn by process ({LABELS[name]}'s windows; * = charged to Soma):"]
+    lines.append(f"{'process':22}" + "".join(f"{r['rate']:>8.0f}" for r in rows))
+    charged = set(rows[0][name]["cpu"]["ms_per_turn"]) - {"fake_upstream", "loadgen"}
+    for proc in procs:
+        if proc == LITELLM:
+            continue
+        cells = "".join(f"{_f(r[name]['cpu']['ms_per_turn'].get(proc), 2):>8}" for r in rows)
+        lines.append(f"{proc + (' *' if proc in charged else ''):22}{cells}")
+    lines.append(
+        f"{'not ours (cores)':22}"
+        + "".join(f"{_f(r[name]['cpu']['other_cores'], 2):>8}" for r in rows)
+    )
+    return lines
 
 
 def main() -> None:
@@ -359,6 +427,13 @@ def main() -> None:
         "ones, whose CPU for anything else they serve is then charged to Soma)",
     )
     parser.add_argument("--transport", default="auto", help="the llm_worker's LLM_TRANSPORT")
+    parser.add_argument(
+        "--gateway-api",
+        choices=sorted(GATEWAY_APIS),
+        default="both",
+        help="the gateway's side(s): session (/v1/session/message + events stream), chat "
+        "(/v1/chat/completions, the request LiteLLM gets), or both (default), each a side",
+    )
     parser.add_argument("--litellm-workers", type=int, default=2)
     parser.add_argument("--log-level", default="INFO", help="the mesh's LOG_LEVEL")
     parser.add_argument("--report", type=Path, default=REPORTS / "peer.json")

@@ -1,8 +1,10 @@
 """The benchmarks' load client: what it sends, and how it judges an answer complete.
 
 The servers here are loopback stand-ins: the real fake upstream (OpenAI streaming, as
-LiteLLM proxy answers), and a tiny SSE server speaking the gateway's session API with
-the frames a test chooses (the gateway may coalesce several tokens into one frame).
+LiteLLM proxy answers), and tiny servers speaking the gateway's session API and its chat
+completions with the frames a test chooses (the gateway may coalesce several tokens into
+one frame). The report's checks (bench/peer.py) are pure; the storage check runs its
+query on a Postgres database of the test sandbox's.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
+import asyncpg
 import httpx
 import pytest
 
-from bench.load import ChatClient, Client, LoadRun, TurnResult
+from bench import peer
+from bench.accounting import count_stored
+from bench.load import ChatClient, Client, HttpError, LoadRun, TurnResult
 from testbed.mesh import start_fake_upstream
+from testbed.sandbox import Sandbox
 
 TOKENS = [f"tok{i} " for i in range(20)]
 
@@ -120,6 +126,7 @@ async def test_a_key_goes_on_every_request_and_posts_first(gateway: FakeGateway)
     assert [line.split()[0] for line, _ in gateway.seen] == ["POST", "GET"]
     assert {h.get("authorization") for _, h in gateway.seen} == {"Bearer sk_test"}
     assert result.tokens == 20 and result.turn_id == "turn-1"
+    assert result.session_id == "s"  # as the gateway answered the POST
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +150,199 @@ async def test_chat_client_reads_openai_streams_on_one_connection(upstream: int)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{upstream}") as http:
         sent = (await http.get("/admin/requests", params={"contains": "hello bench"})).json()
     assert [h.get("authorization") for h in sent["headers"]] == ["Bearer sk-peer"] * 2
+
+
+async def test_chat_client_asks_for_usage_and_sees_it(upstream: int) -> None:
+    client = ChatClient("127.0.0.1", upstream, model="fake", include_usage=True)
+    result = await one_turn(client)
+    await client.close()
+    assert result.usage and result.tokens == 20
+    assert result.turn_id is None  # the fake's completion id is not a gateway's
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{upstream}") as http:
+        sent = (await http.get("/admin/requests", params={"contains": "hello bench"})).json()
+    bodies = sent["requests"]
+    assert bodies[-1]["stream_options"] == {"include_usage": True}
+    assert bodies[-1]["model"] == "fake" and bodies[-1]["stream"] is True
+
+
+@dataclass
+class FakeChatGateway:
+    """`POST /v1/chat/completions` as the gateway streams it: `X-Session-Id`, a role chunk
+    before any text, `chatcmpl-<turn id>`, then the text frames (or an error frame), the
+    usage chunk, `[DONE]`."""
+
+    frames: list[str]
+    error_after: int | None = None  # an error frame instead of the frames from this one
+    first_text_delay_s: float = 0.0
+    port: int = 0
+    bodies: list[dict[str, object]] = field(default_factory=list)
+
+    def chunk(self, delta: dict[str, object], usage: bool = False) -> dict[str, object]:
+        body: dict[str, object] = {
+            "id": "chatcmpl-turn-7",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "fake",
+            "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": None}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 20} if usage else None,
+        }
+        return body
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode()
+                headers = {
+                    k.lower(): v.strip()
+                    for k, _, v in (h.partition(":") for h in head.split("\r\n")[1:] if h)
+                }
+                self.bodies.append(
+                    json.loads(await reader.readexactly(int(headers["content-length"])))
+                )
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                    b"x-session-id: sess-7\r\ntransfer-encoding: chunked\r\n\r\n"
+                )
+                frames = [self.chunk({"role": "assistant", "content": ""})]
+                self.send(writer, frames)
+                await writer.drain()
+                await asyncio.sleep(self.first_text_delay_s)  # the model's first token
+                texts = self.frames[: self.error_after]
+                blocks = [self.chunk({"content": t}) for t in texts]
+                if self.error_after is not None:
+                    blocks.append({"error": {"message": "boom", "type": "server_error"}})
+                else:
+                    blocks += [self.chunk({}, usage=True)]
+                self.send(writer, blocks)
+                if self.error_after is None:
+                    writer.write(b"e\r\ndata: [DONE]\n\n\r\n")
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+
+    @staticmethod
+    def send(writer: asyncio.StreamWriter, payloads: list[dict[str, object]]) -> None:
+        for payload in payloads:
+            block = b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+            writer.write(f"{len(block):x}\r\n".encode() + block + b"\r\n")
+
+
+@pytest.fixture
+async def chat_gateway() -> AsyncIterator[FakeChatGateway]:
+    fake = FakeChatGateway(frames=["".join(TOKENS[:7]), "".join(TOKENS[7:])])
+    server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
+    fake.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield fake
+
+
+async def test_chat_client_keeps_the_gateway_turn_and_session(
+    chat_gateway: FakeChatGateway,
+) -> None:
+    chat_gateway.first_text_delay_s = 0.05
+    client = ChatClient(
+        "127.0.0.1", chat_gateway.port, {"authorization": "Bearer sk_x"}, include_usage=True
+    )
+    result = await one_turn(client)
+    await client.close()
+    assert (result.turn_id, result.session_id) == ("turn-7", "sess-7")
+    assert (result.tokens, result.deltas, result.usage) == (20, 2, True)
+    # TTFT is the first text, not the role chunk that comes before it.
+    assert result.ttft_ms is not None and result.ttft_ms >= 45
+    assert chat_gateway.bodies[0]["stream_options"] == {"include_usage": True}
+
+
+async def test_chat_error_frame_fails_the_turn_but_keeps_its_id(
+    chat_gateway: FakeChatGateway,
+) -> None:
+    chat_gateway.error_after = 1
+    client = ChatClient("127.0.0.1", chat_gateway.port)
+    result = TurnResult(at_s=0, measured=True)
+    with pytest.raises(HttpError, match="error_event"):
+        await client.turn(result, "s", time.perf_counter())
+    await client.close()
+    assert result.turn_id == "turn-7" and result.detail and "boom" in result.detail
+
+
+def test_side_order_rotates_so_each_side_takes_each_place() -> None:
+    sides = [peer.Side(n, Client("127.0.0.1", 1), set) for n in ("a", "b", "c")]
+    orders = [[s.name for s in peer.order_at(sides, i)] for i in range(3)]
+    assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    assert {o[place] for o in orders for place in range(3)} == {"a", "b", "c"}
+    two = sides[:2]
+    assert [[s.name for s in peer.order_at(two, i)] for i in range(3)] == [
+        ["a", "b"],
+        ["b", "a"],
+        ["a", "b"],
+    ]
+
+
+def _side_result(**overrides: object) -> dict[str, object]:
+    result: dict[str, object] = {
+        "ok": 10,
+        "short_answers": 0,
+        "usage_chunks": 10,
+        "without_turn_id": 0,
+        "storage": {"total": 10, "stored": 10, "in_session": 10, "with_session": 10},
+    }
+    return result | overrides
+
+
+def test_failures_cover_the_chat_side() -> None:
+    clean = {"rate": 10.0, peer.SOMA: _side_result(), peer.SOMA_CHAT: _side_result()}
+    assert peer.failures({"rates": [clean]}) == []
+    bad = {
+        "rate": 10.0,
+        peer.SOMA: _side_result(),
+        peer.SOMA_CHAT: _side_result(
+            usage_chunks=9,
+            without_turn_id=1,
+            storage={"total": 10, "stored": 9, "in_session": 8, "with_session": 10},
+        ),
+        peer.LITELLM: {"ok": 10, "short_answers": 2, "usage_chunks": 0},
+    }
+    found = peer.failures({"rates": [bad]})
+    assert all(f.startswith(("soma_chat at 10/s", "litellm at 10/s")) for f in found)
+    assert len(found) == 5  # unstored, other session, no turn id, no usage, short (LiteLLM)
+    assert any("usage chunk" in f for f in found) and any("session" in f for f in found)
+
+
+async def test_storage_check_needs_the_session_the_client_was_told(sandbox: Sandbox) -> None:
+    """The query on real Postgres, in a schema of its own (the sandbox's database is the
+    test mesh's too)."""
+    conn = await asyncpg.connect(sandbox.postgres_dsn)
+    try:
+        await conn.execute("DROP SCHEMA IF EXISTS bench_check CASCADE; CREATE SCHEMA bench_check")
+        await conn.execute(
+            "CREATE TABLE bench_check.turns"
+            " (turn_id text PRIMARY KEY, session_id text, status text)"
+        )
+        await conn.executemany(
+            "INSERT INTO bench_check.turns VALUES ($1, $2, $3)",
+            [("t1", "s1", "completed"), ("t2", "s2", "completed"), ("t3", "s9", "error")],
+        )
+        dsn = sandbox.postgres_dsn + ("&" if "?" in sandbox.postgres_dsn else "?")
+        found = await count_stored(
+            dsn + "search_path=bench_check",
+            ["t1", "t2", "t3", "t4"],
+            timeout_s=0,
+            sessions={"t1": "s1", "t2": "s2", "t3": "s3"},
+        )
+        assert found == {
+            "total": 4,
+            "stored": 3,
+            "completed": 2,
+            "in_session": 2,  # t3 is stored, but under another session
+            "with_session": 3,
+        }
+        assert await count_stored(dsn + "search_path=bench_check", ["t1"], timeout_s=0) == {
+            "total": 1,
+            "stored": 1,
+            "completed": 1,
+        }
+    finally:
+        await conn.execute("DROP SCHEMA IF EXISTS bench_check CASCADE")
+        await conn.close()
