@@ -122,8 +122,30 @@ class ContextHandler:
         if not usable:
             return await self._refuse(event, role)
         primary, *fallbacks = usable
+        memories: list[str] = []
         if request.api is not None:
-            return await self._api_turn(event, tenant, cap, primary, fallbacks)
+            built = await self._api_messages(event, tenant, cap)
+            if isinstance(built, ErrorInfo):
+                return await self._fail(event, built)
+            messages = built
+        else:
+            memories, messages = await self._session_messages(event, tenant, cap, user_text)
+        contextualized = TurnContextualized(
+            request=request,
+            principal=event.principal,
+            messages=messages,
+            profile=primary,
+            reserved_tokens=event.reserved_tokens,
+            fallbacks=fallbacks,
+            memories=memories,
+        )
+        return [Output(self.topics.contextualized.name, contextualized)]
+
+    async def _session_messages(
+        self, event: TurnAuthorized, tenant: Tenant, cap: int, user_text: str
+    ) -> tuple[list[str], list[ChatMessage]]:
+        """The memories recalled, and the system prompt, memories, transcript and the
+        user's message (or the action's prompt) that fit."""
         memories, history = await self._read(event, user_text)
         # Memories, then the transcript, fill the room the policy stage reserved for.
         fixed = estimate_tokens(tenant.system_prompt) + estimate_tokens(user_text)
@@ -139,26 +161,12 @@ class ContextHandler:
             system_text += block
             room -= estimate_tokens(block)
         system = ChatMessage("system", system_text)
-        messages = [system, *fit_history(history, room), ChatMessage("user", user_text)]
-        contextualized = TurnContextualized(
-            request=request,
-            principal=event.principal,
-            messages=messages,
-            profile=primary,
-            reserved_tokens=event.reserved_tokens,
-            fallbacks=fallbacks,
-            memories=memories,
-        )
-        return [Output(self.topics.contextualized.name, contextualized)]
+        return memories, [system, *fit_history(history, room), ChatMessage("user", user_text)]
 
-    async def _api_turn(
-        self,
-        event: TurnAuthorized,
-        tenant: Tenant,
-        cap: int,
-        primary: ModelProfile,
-        fallbacks: list[ModelProfile],
-    ) -> Sequence[Output]:
+    async def _api_messages(
+        self, event: TurnAuthorized, tenant: Tenant, cap: int
+    ) -> list[ChatMessage] | ErrorInfo:
+        """An OpenAI API turn's messages, or why they cannot fit."""
         request = event.request
         sent = [
             dataclasses.replace(m, role="system") if m.role == "developer" else m
@@ -168,14 +176,11 @@ class ContextHandler:
             sent = [ChatMessage("system", tenant.system_prompt), *sent]
         needed = estimate_messages(sent)
         if needed + cap > self.context_window_tokens:
-            return await self._fail(
-                event,
-                ErrorInfo(
-                    code="context_length_exceeded",
-                    message=f"the messages take about {needed} tokens, more than the "
-                    f"{self.context_window_tokens - cap} this model's context leaves beside "
-                    f"an answer of up to {cap}; shorten them or ask for fewer tokens",
-                ),
+            return ErrorInfo(
+                code="context_length_exceeded",
+                message=f"the messages take about {needed} tokens, more than the "
+                f"{self.context_window_tokens - cap} this model's context leaves beside "
+                f"an answer of up to {cap}; shorten them or ask for fewer tokens",
             )
         room = context_room(
             window=self.context_window_tokens,
@@ -188,16 +193,7 @@ class ContextHandler:
         history = await self.transcript.recent(request.session_id, self.history_limit)
         kept = fit_history(history, room)
         system = sent[:1] if sent and sent[0].role == "system" else []
-        messages = [*system, *kept, *sent[len(system) :]]
-        contextualized = TurnContextualized(
-            request=request,
-            principal=event.principal,
-            messages=messages,
-            profile=primary,
-            reserved_tokens=event.reserved_tokens,
-            fallbacks=fallbacks,
-        )
-        return [Output(self.topics.contextualized.name, contextualized)]
+        return [*system, *kept, *sent[len(system) :]]
 
     async def _transcribed(self, turn_id: str) -> None:
         """Wait, up to `transcript_wait_s`, until the transcript holds `turn_id`: the turn
