@@ -34,10 +34,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ingress.auth.admission import Admission
 from ingress.deps import AdmissionDep, ResourcesDep
-from ingress.idempotency import KEY_PATTERN
 from ingress.openai import chat, chat_request, turn_errors
+from ingress.openai.accept import accept_turn, check_idempotency_key
 from ingress.openai.chat import ChatTranslator
 from ingress.openai.chat_request import ChatCompletionRequest
 from ingress.openai.errors import OpenAIError
@@ -45,7 +44,7 @@ from ingress.openai.models import resolve_role
 from ingress.openai.turn_events import TurnEvent, turn_events
 from ingress.resources import Resources
 from ingress.streams import StreamLease
-from ingress.turns import Accepted, NewTurn, start_turn
+from ingress.turns import Accepted, NewTurn
 from schemas.events import ChatMessage
 
 log = logging.getLogger(__name__)
@@ -110,31 +109,6 @@ def timed_out(res: Resources) -> OpenAIError:
     )
 
 
-async def _start(
-    res: Resources, admission: Admission, turn: NewTurn, idempotency_key: str | None
-) -> Accepted:
-    """Admit and publish within TURN_ACCEPT_DEADLINE_S, as the session API does."""
-    due = res.settings.turn_accept_deadline_s
-    try:
-        async with asyncio.timeout(due):
-            return await start_turn(
-                res,
-                admission,
-                turn,
-                deadline=time.monotonic() + due,
-                idempotency_key=idempotency_key,
-            )
-    except TimeoutError:
-        raise OpenAIError(
-            503,
-            f"the turn could not be accepted within {due:g}s (Kafka, Postgres or authorization "
-            "is not answering); retry with the same Idempotency-Key, which never starts a "
-            "turn twice",
-            code="accept_timeout",
-            headers={"Retry-After": "2"},
-        ) from None
-
-
 def _new_turn(
     body: ChatCompletionRequest, role: str, session_id: str | None, messages: list[ChatMessage]
 ) -> NewTurn:
@@ -175,19 +149,14 @@ async def chat_completions(
     deadline = loop.time() + res.settings.openai_turn_timeout_s
     created = int(time.time())
     chat_request.check_supported(body)
-    if idempotency_key is not None and not KEY_PATTERN.match(idempotency_key):
-        raise OpenAIError(
-            400,
-            "Idempotency-Key must be 1 to 255 visible ASCII characters",
-            code="invalid_idempotency_key",
-        )
+    check_idempotency_key(idempotency_key)
     messages = chat_request.chat_messages(body.messages)
     session_id = chat_request.session_of(x_session_id, body.metadata)
     role = await resolve_role(res, admission.principal, body.model)
     lease = res.streams.open(admission.principal)  # 429 too_many_streams before the turn
     try:
         turn = _new_turn(body, role, session_id, messages)
-        accepted = await _start(res, admission, turn, idempotency_key)
+        accepted = await accept_turn(res, admission, turn, idempotency_key)
     except BaseException:
         res.streams.release(lease)
         raise

@@ -38,10 +38,9 @@ from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ingress.auth.admission import Admission
 from ingress.deps import AdmissionDep, Principal, ResourcesDep, TurnsPrincipal, session_read_access
-from ingress.idempotency import KEY_PATTERN
 from ingress.openai import turn_errors
+from ingress.openai.accept import accept_turn, check_idempotency_key
 from ingress.openai.errors import OpenAIError
 from ingress.openai.models import resolve_role
 from ingress.openai.response_request import CreateResponse, echo, to_turn
@@ -63,7 +62,7 @@ from ingress.openai.responses import (
     turn_of,
 )
 from ingress.resources import Resources
-from ingress.turns import Accepted, NewTurn, cancel_turn, start_turn
+from ingress.turns import Accepted, NewTurn, cancel_turn
 
 router = APIRouter(tags=["openai"])
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -93,30 +92,6 @@ async def owned(
             raise not_found(rid, param) from exc
         raise
     return stored
-
-
-async def _start(
-    res: Resources, admission: Admission, turn: NewTurn, idempotency_key: str | None
-) -> Accepted:
-    """Admit and publish within TURN_ACCEPT_DEADLINE_S, as the session API does."""
-    due = res.settings.turn_accept_deadline_s
-    try:
-        async with asyncio.timeout(due):
-            return await start_turn(
-                res,
-                admission,
-                turn,
-                deadline=time.monotonic() + due,
-                idempotency_key=idempotency_key,
-            )
-    except TimeoutError:
-        raise OpenAIError(
-            503,
-            f"the response could not be accepted within {due:g}s; retry with the same "
-            "Idempotency-Key, which never starts a turn twice",
-            code="accept_timeout",
-            headers={"Retry-After": "2"},
-        ) from None
 
 
 async def _previous(
@@ -168,10 +143,7 @@ async def create_response(
     """Create a model response (OpenAI's Responses API), run as a turn of the mesh."""
     deadline = asyncio.get_running_loop().time() + res.settings.openai_turn_timeout_s
     principal = admission.principal
-    if idempotency_key is not None and not KEY_PATTERN.match(idempotency_key):
-        raise OpenAIError(
-            400, "Idempotency-Key must be 1 to 255 visible ASCII characters", code="invalid_value"
-        )
+    check_idempotency_key(idempotency_key)
     session_id, earlier_calls, after_turn_id = None, None, None
     if body.previous_response_id:
         session_id, earlier_calls, after_turn_id = await _previous(
@@ -191,7 +163,7 @@ async def create_response(
     lease = res.streams.open(principal) if body.stream or not body.background else None
     follow = None
     try:
-        accepted = await _start(res, admission, turn, idempotency_key)
+        accepted = await accept_turn(res, admission, turn, idempotency_key)
         head = ResponseHead(
             id=response_id(accepted.event_id),
             turn_id=accepted.event_id,
