@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export SOMA_HOME ?= $(HOME)/.cache/soma-gateway
 PY := $(SOMA_HOME)/venv/bin/python
 
-.PHONY: up down test bench bench-peer logs status install install-dev infra lint
+.PHONY: up down test bench bench-peer chaos logs status install install-dev infra lint observe
 
 # What the gateway runs on; install-dev adds what only tests, checks and benchmarks need.
 install:
@@ -22,6 +22,7 @@ up: infra
 	@echo "bootstrap admin key (also in $(SOMA_HOME)/admin-key): $$(cat $(SOMA_HOME)/admin-key)"
 
 down:
+	@bash deploy/observability/observe.sh stop
 	@bash deploy/services.sh stop
 	@bash deploy/infra.sh stop
 
@@ -44,6 +45,18 @@ bench: install-dev infra
 # installed once), same fake upstream, same arrivals, one run; BENCH_ARGS=--quick etc.
 bench-peer: install-dev infra
 	@PYTHONPATH=$(CURDIR) $(PY) -m bench.peer $(BENCH_ARGS)
+
+# Faults in a row (kill -9 of a replica of each stage and of an ingress, broker, Redis and
+# Postgres restarts, OpenFGA and OPA outages, upstream resets and 5xx) under steady load,
+# in a sandbox with its own Kafka and Postgres; one table, also in docs/reliability.md.
+# Not part of `make test`; ~10 minutes (CHAOS_ARGS=--quick: ~4).
+chaos: install-dev infra
+	@PYTHONPATH=$(CURDIR) $(PY) -m bench.chaos $(CHAOS_ARGS)
+
+# A real Prometheus (built once from the Go module proxy) scraping the running gateway,
+# after `make up`: waits until every gateway target is UP (deploy/observability/).
+observe:
+	@bash deploy/observability/observe.sh start
 
 logs:
 	@tail -n 20 -F $(SOMA_HOME)/logs/*.log

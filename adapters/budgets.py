@@ -69,6 +69,23 @@ class PostgresBudgetLedger:
         used, reserved = (row["used"], row["reserved"]) if row else (0, 0)
         return BudgetUsage(int(used), int(reserved), seconds_to_reset(now))
 
+    async def today(self) -> dict[tuple[str, str], BudgetUsage]:
+        """Every (tenant, persona) budget spent on today (UTC), for the ingress's metrics:
+        one statement over one day's rows."""
+        now = time.time()
+        try:
+            rows = await self._pool.fetch(
+                "SELECT tenant, persona, used, reserved FROM budget_counters WHERE day = $1",
+                day_of(now),
+            )
+        except PG_ERRORS as exc:
+            raise DependencyUnavailable(f"budget counters unavailable: {exc!r}") from exc
+        reset = seconds_to_reset(now)
+        return {
+            (r["tenant"], r["persona"]): BudgetUsage(int(r["used"]), int(r["reserved"]), reset)
+            for r in rows
+        }
+
     async def reserve(
         self, turn_id: str, tenant: str, persona: str, estimate: int, budget: int
     ) -> Reservation:

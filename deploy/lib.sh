@@ -24,6 +24,11 @@ KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$DEPL
 KAFKA_LIBS=$SOMA_HOME/kafka-$KAFKA_VERSION/libs
 OPA_BIN=$SOMA_HOME/bin/opa-$OPA_VERSION/opa
 OPENFGA_BIN=$SOMA_HOME/bin/openfga-$OPENFGA_VERSION/openfga
+# Prometheus (server and promtool) for `make observe` and the observability tests: its Go
+# module's v0.3XX.Y is Prometheus v3.XX.Y (built without the web UI's assets; the API is enough).
+PROMETHEUS_VERSION=v0.316.0
+PROMETHEUS_BIN=$SOMA_HOME/bin/prometheus-$PROMETHEUS_VERSION/prometheus
+PROMTOOL_BIN=$SOMA_HOME/bin/prometheus-$PROMETHEUS_VERSION/promtool
 PG_BIN=/usr/lib/postgresql/15/bin
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

@@ -10,7 +10,12 @@ Each principal gets only what it needs, derived from one table (`mesh_acls`):
   requests topic, so no service of the mesh writes an inbound topic), DESCRIBE on every
   topic and stage group (/v1/health: group states, committed and end offsets), no READ.
   READ and WRITE imply DESCRIBE, and since KIP-679 WRITE on a topic lets an idempotent
-  producer start: no cluster ACL is needed. `provision_mesh` makes the principals (a
+  producer start: no cluster ACL is needed. A service that runs the stage loop also
+  holds WRITE (so DESCRIBE) on the transactional ids `<namespace>.<stage>.` by prefix:
+  each of its processes commits its outputs and offsets in transactions under
+  `<namespace>.<stage>.<instance>` (gateway_runtime/stage.py). The ingress and its outbox
+  relay produce without transactions (idempotent only: nothing they send is tied to a
+  consumed offset). `provision_mesh` makes the principals (a
   random password each, kept in its credentials file) and exactly these ACLs per
   namespace, removing whatever else a mesh principal holds there (an older install's
   broad `<namespace>.` grants), so a test mesh in a namespace of its own gets the same;
@@ -76,6 +81,10 @@ def _group(name: str, principal: str, op: AclOperation) -> AclBinding:
     return _allow(ResourceType.GROUP, name, _LITERAL, principal, op)
 
 
+def _transactional_ids(prefix: str, principal: str) -> AclBinding:
+    return _allow(ResourceType.TRANSACTIONAL_ID, prefix, _PREFIXED, principal, _WRITE)
+
+
 def mesh_acls(namespace: str) -> set[AclBinding]:
     """Every ACL the mesh's services hold in `namespace`, derived from the stages and
     `PRODUCES`; nothing outside the namespace, nothing else inside it."""
@@ -92,6 +101,8 @@ def mesh_acls(namespace: str) -> set[AclBinding]:
         if source == topics.requested.name:  # the policy stage: automations' turns too
             acls.add(_topic(inbound, stage.service, _READ, _PREFIXED))
         acls.add(_group(stage.group(namespace), OBSERVER, _DESCRIBE))
+        if _DEAD in _STAGE_OUTPUTS[stage.service]:  # the stage loop: transactions
+            acls.add(_transactional_ids(f"{stage.group(namespace)}.", stage.service))
     for service, outputs in PRODUCES.items():
         acls |= {_topic(getattr(topics, output).name, service, _WRITE) for output in outputs}
     written = {getattr(topics, output).name for output in PRODUCES[OBSERVER]}
@@ -106,11 +117,10 @@ def automation_acls(principal: str, topic: str) -> list[AclBinding]:
 
 
 def _in_namespace(binding: AclBinding, namespace: str) -> bool:
-    """A topic or group of the namespace (names are `<namespace>.…`; a namespace has no
-    dot, so no other namespace's name starts alike)."""
-    return binding.restype in (ResourceType.TOPIC, ResourceType.GROUP) and str(
-        binding.name
-    ).startswith(f"{namespace}.")
+    """A topic, group or transactional id of the namespace (names are `<namespace>.…`; a
+    namespace has no dot, so no other namespace's name starts alike)."""
+    kinds = (ResourceType.TOPIC, ResourceType.GROUP, ResourceType.TRANSACTIONAL_ID)
+    return binding.restype in kinds and str(binding.name).startswith(f"{namespace}.")
 
 
 @dataclass(frozen=True, slots=True)

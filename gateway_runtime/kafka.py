@@ -9,7 +9,9 @@ and confluent-kafka's admin client, is built from one, so none connects anonymou
 broker that asks for credentials (docs/security.md).
 
 The producer is idempotent with acks=all, so a retried send never duplicates a record in
-the log. Consumers never auto-commit: the stage loop commits only what it has finished.
+the log; a stage's is also transactional (`make_transactional_producer`): its outputs and
+consumed offsets commit together (gateway_runtime/stage.py). Consumers never auto-commit
+and read committed records only.
 `KafkaPublisher` and `GroupConsumer` are the stage loop's ports over aiokafka; they turn
 aiokafka's errors into the mesh's: a record the broker can never take (too large, not
 authorized) is `PublishRefused`, anything else `DependencyUnavailable` (retry later).
@@ -44,7 +46,7 @@ from schemas.codec import EncodedEvent
 from schemas.topics import Topic
 
 log = logging.getLogger(__name__)
-_REFUSED_FOR_GOOD = (
+REFUSED_FOR_GOOD = (
     MessageSizeTooLargeError,
     RecordTooLargeError,
     RecordListTooLargeError,
@@ -211,6 +213,32 @@ def make_producer(kafka: Kafka, *, client_id: str) -> AIOKafkaProducer:
     )
 
 
+def make_transactional_producer(
+    kafka: Kafka, *, client_id: str, transactional_id: str, transaction_timeout_s: float
+) -> AIOKafkaProducer:
+    """A stage's producer (gateway_runtime/transactions.py): the same durability as
+    `make_producer`, every record in a transaction under `transactional_id`. The broker
+    aborts a transaction left open longer than `transaction_timeout_s` (its producer
+    died and no instance with the same id came back to fence it), so the partitions it
+    wrote stop holding back read_committed consumers."""
+    return AIOKafkaProducer(
+        **connection(kafka).client_kwargs(),
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=0,
+        request_timeout_ms=15000,
+        # Just after a commit the coordinator answers the next transaction's first request
+        # with CONCURRENT_TRANSACTIONS until its markers are written (a few ms); aiokafka
+        # waits retry_backoff_ms before asking again (100 by default; only its
+        # AddPartitionsToTxn has a shorter wait): 5 ms took the hop's p99 at 50/s from
+        # ~110-150 ms to 14 (docs/benchmarks.md).
+        retry_backoff_ms=5,
+        transactional_id=transactional_id,
+        transaction_timeout_ms=int(transaction_timeout_s * 1000),
+    )
+
+
 def make_consumer(
     kafka: Kafka,
     *,
@@ -249,7 +277,7 @@ class KafkaPublisher:
             await self.producer.send_and_wait(
                 topic, value=record.value, key=record.key, headers=record.headers
             )
-        except _REFUSED_FOR_GOOD as exc:
+        except REFUSED_FOR_GOOD as exc:
             raise PublishRefused(f"kafka refused a record for {topic}: {exc!r}") from exc
         except KafkaError as exc:
             raise DependencyUnavailable(f"kafka publish to {topic} failed: {exc!r}") from exc
@@ -264,7 +292,7 @@ class KafkaPublisher:
             future: asyncio.Future[Any] = await self.producer.send(
                 topic, value=record.value, key=record.key, headers=record.headers
             )
-        except _REFUSED_FOR_GOOD as exc:
+        except REFUSED_FOR_GOOD as exc:
             raise PublishRefused(f"kafka refused a record for {topic}: {exc!r}") from exc
         except KafkaError as exc:
             raise DependencyUnavailable(f"kafka publish to {topic} failed: {exc!r}") from exc
@@ -288,6 +316,13 @@ class GroupConsumer:
             await self.consumer.commit(dict(offsets))
         except KafkaError as exc:  # CommitFailedError (a rebalance) among them
             raise DependencyUnavailable(f"offset commit failed: {exc!r}") from exc
+
+    async def committed(self, partitions: Iterable[Any]) -> dict[Any, tuple[int, str]]:
+        """The group's committed position and metadata of each partition that has one.
+        aiokafka's public `committed()` drops the metadata, which holds the records a
+        transaction committed beyond the position (gateway_runtime/offsets.py)."""
+        found = await self.consumer._coordinator.fetch_committed_offsets(list(partitions))
+        return {tp: (om.offset, om.metadata or "") for tp, om in found.items() if om.offset >= 0}
 
 
 def make_admin(kafka: Kafka, *, client_id: str, **options: Any) -> AIOKafkaAdminClient:

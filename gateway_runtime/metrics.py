@@ -28,7 +28,7 @@ DEAD_LETTER_FAILURES = Counter(
 )
 
 
-def serve_metrics(port: int) -> None:
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Expose /metrics on a side port (workers have no HTTP server of their own)."""
     if port:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=host)

@@ -90,6 +90,39 @@ class CommonSettings(BaseSettings):
     # becomes a retryable error within this long, never a stalled turn or request.
     postgres_timeout_s: float = 5.0
     redis_timeout_s: float = 2.0
+    # OpenTelemetry traces (gateway_runtime/tracing.py), by the standard OTEL_* names: off
+    # unless OTEL_TRACES_EXPORTER names an exporter (`otlp`, `console`, or this gateway's
+    # `jsonl`) or, with it unset, an OTLP endpoint is given. OTEL_SDK_DISABLED wins.
+    otel_sdk_disabled: bool = False
+    otel_traces_exporter: str | None = None
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    otel_exporter_otlp_headers: SecretStr | None = None
+    otel_exporter_otlp_traces_headers: SecretStr | None = None
+    # Only the HTTP exporter is installed (no gRPC stack in the image).
+    otel_exporter_otlp_protocol: Literal["http/protobuf"] = "http/protobuf"
+    otel_service_name: str | None = None  # unset: SERVICE_NAME (ingress, llm_worker, ...)
+    otel_resource_attributes: str | None = None  # `key=value,key=value`
+    otel_traces_sampler: Literal[
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ] = "parentbased_always_on"
+    otel_traces_sampler_arg: float = Field(1.0, ge=0.0, le=1.0)
+    # With the `jsonl` exporter: each process appends its spans to <dir>/<service>-<pid>.jsonl.
+    traces_jsonl_dir: Path | None = None
+
+    @field_validator("otel_traces_exporter")
+    @classmethod
+    def _known_exporters(cls, value: str | None) -> str | None:
+        names = {n.strip() for n in (value or "").split(",") if n.strip()}
+        unknown = names - {"otlp", "console", "jsonl", "none"}
+        if unknown:
+            raise ValueError(f"OTEL_TRACES_EXPORTER: unknown exporter(s) {sorted(unknown)}")
+        return value
 
     @model_validator(mode="after")
     def _deployed_safely(self) -> CommonSettings:
@@ -124,13 +157,24 @@ class StageSettings(CommonSettings):
     """What every stage worker needs besides the common addresses."""
 
     metrics_port: int = Field(0, description="0 = no /metrics listener for this worker")
+    # Loopback unless told: in a pod, Prometheus scrapes the pod's address (0.0.0.0).
+    metrics_host: str = "127.0.0.1"
     max_in_flight: int = 64
     retry_attempts: int = 3
     retry_backoff_s: float = 0.2
     retry_backoff_max_s: float = 5.0
     shutdown_grace_s: float = 20.0
-    # How often finished offsets are committed; a crash replays at most this much work.
+    # The longest the committer sleeps when no record finishes (a finished record wakes it
+    # at once: its outputs and offset go in the next transaction, gateway_runtime/stage.py).
     commit_interval_s: float = 0.2
+    # This process's name in its stage's transactional.id, `<namespace>.<stage>.<instance>`:
+    # stable across restarts (a restarted instance fences its zombie), unique among the
+    # stage's processes (two with one id fence each other). Unset: the host name.
+    stage_instance: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    # How long the broker lets a stage's transaction stay open before aborting it (its
+    # process died and no instance with its id came back); meanwhile the partitions it
+    # wrote hold back read_committed consumers. A transaction normally lasts milliseconds.
+    transaction_timeout_s: float = Field(10.0, gt=0, le=900)
     # How long the broker holds a fetch that finds nothing new: a record that arrives ends
     # the wait at once (bench.hop_latency: the same hop latency at 50 and 500 ms), so it
     # mostly sets how often an idle mesh polls the broker and how much CPU that burns.

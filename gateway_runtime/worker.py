@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,15 +19,17 @@ import asyncpg
 from aiokafka import ConsumerRebalanceListener
 from redis.asyncio import Redis
 
+from gateway_runtime import tracing
 from gateway_runtime.event_log import PostgresEventLog
 from gateway_runtime.fanout import FanoutPublisher
-from gateway_runtime.kafka import GroupConsumer, KafkaPublisher, make_consumer, make_producer
+from gateway_runtime.kafka import GroupConsumer, make_consumer, make_transactional_producer
 from gateway_runtime.logs import configure_logging
 from gateway_runtime.metrics import serve_metrics
 from gateway_runtime.ports import Fanout, StageHandler
 from gateway_runtime.redis_pool import open_redis
 from gateway_runtime.settings import CommonSettings, StageSettings
 from gateway_runtime.stage import StageLoop
+from gateway_runtime.transactions import KafkaTransactions
 from schemas.codec import Codec
 from schemas.topics import Topics
 
@@ -34,16 +37,25 @@ log = logging.getLogger(__name__)
 
 
 class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
-    """Before partitions move to another member, finish and commit their work."""
+    """Before partitions move to another member, finish and commit their work; when they
+    arrive, learn which records the previous owner committed beyond its position."""
 
-    def __init__(self, loop: StageLoop) -> None:
+    def __init__(self, loop: StageLoop, consumer: GroupConsumer) -> None:
         self._loop = loop
+        self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         await self._loop.drain_and_commit(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
+        await self._loop.assigned(await self._consumer.committed(assigned))
+
+
+def transactional_id(settings: StageSettings, stage: str) -> str:
+    """`<namespace>.<stage>.<instance>`: the stage's group name, then this process's
+    STAGE_INSTANCE (the host name by default), stable across its restarts."""
+    instance = settings.stage_instance or socket.gethostname()
+    return f"{settings.kafka_namespace}.{stage}.{instance}"
 
 
 @contextlib.asynccontextmanager
@@ -73,29 +85,41 @@ async def serve_stage(
     with `fanout`, the client of a dead-lettered turn is told; with `pattern`, it consumes
     every topic the regex matches instead of its input topic alone."""
     client_id = f"{settings.service_name}-{os.getpid()}"
-    producer = make_producer(settings, client_id=client_id)
+    group_id = f"{settings.kafka_namespace}.{handler.stage}"
+    transactions = KafkaTransactions(
+        lambda: make_transactional_producer(
+            settings,
+            client_id=client_id,
+            transactional_id=transactional_id(settings, handler.stage),
+            transaction_timeout_s=settings.transaction_timeout_s,
+        ),
+        group_id,
+        lambda partitions: group.committed(partitions),
+        timeout_s=settings.transaction_timeout_s,
+    )
     consumer = make_consumer(
         settings,
-        group_id=f"{settings.kafka_namespace}.{handler.stage}",
+        group_id=group_id,
         client_id=client_id,
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         # a pattern's new topics are seen on a metadata refresh: soon, not in 5 minutes
         metadata_max_age_ms=5000 if pattern else 300000,
     )
+    group = GroupConsumer(consumer)
     loop = StageLoop(
         handler=handler,
-        consumer=GroupConsumer(consumer),
-        publisher=KafkaPublisher(producer),
+        consumer=group,
+        transactions=transactions,
         codec=Codec(),
         settings=settings,
         dead_letter_topic=Topics.for_namespace(settings.kafka_namespace).dead_letter.name,
         notify_failure=fanout.publish_error if fanout else None,
     )
     if pattern:
-        consumer.subscribe(pattern=pattern, listener=_DrainOnRevoke(loop))
+        consumer.subscribe(pattern=pattern, listener=_DrainOnRevoke(loop, group))
     else:
-        consumer.subscribe([handler.input_topic], listener=_DrainOnRevoke(loop))
-    await producer.start()
+        consumer.subscribe([handler.input_topic], listener=_DrainOnRevoke(loop, group))
+    await transactions.start()  # fences a previous process with this id
     try:
         await consumer.start()
         try:
@@ -105,14 +129,15 @@ async def serve_stage(
         finally:
             await consumer.stop()
     finally:
-        await producer.stop()
+        await transactions.stop()
     log.info("stage stopped")
 
 
 def run_worker(settings: StageSettings, main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Configure the process, then run `main(stop)` with SIGTERM/SIGINT setting `stop`."""
     configure_logging(settings.service_name, settings.log_level)
-    serve_metrics(settings.metrics_port)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
+    tracing.configure(settings)  # off unless the OTEL_* settings turn it on
 
     async def _main() -> None:
         stop = asyncio.Event()
@@ -122,8 +147,11 @@ def run_worker(settings: StageSettings, main: Callable[[asyncio.Event], Awaitabl
         await main(stop)
 
     try:
-        import uvloop
+        try:
+            import uvloop
 
-        uvloop.run(_main())
-    except ImportError:
-        asyncio.run(_main())
+            uvloop.run(_main())
+        except ImportError:
+            asyncio.run(_main())
+    finally:
+        tracing.shutdown()  # the last spans are exported before the process ends

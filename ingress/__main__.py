@@ -7,6 +7,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from gateway_runtime import tracing
 from gateway_runtime.logs import configure_logging
 from gateway_runtime.settings import IngressSettings
 from ingress.app import create_app
@@ -21,6 +22,14 @@ def main() -> None:
         problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
         sys.exit(f"ingress: refusing to start: {problems}")
     configure_logging(settings.service_name, settings.log_level)
+    tracing.configure(settings)  # off unless the OTEL_* settings turn it on
+    try:
+        _serve(settings)
+    finally:
+        tracing.shutdown()  # the last spans are exported before the process ends
+
+
+def _serve(settings: IngressSettings) -> None:
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,

@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway_runtime import tracing
 from gateway_runtime.settings import IngressSettings
 from ingress.body_limit import BodyLimitMiddleware
 from ingress.deadline import AcceptDeadline
 from ingress.errors import install_error_handlers
 from ingress.host_check import HostCheckMiddleware
-from ingress.metrics import refresh_deployment_gauges
+from ingress.metrics import refresh_gauges
+from ingress.request_metrics import RequestMetrics
+from ingress.request_span import RequestSpan
 from ingress.resources import open_resources
 from ingress.routes import (
     capsules,
@@ -47,9 +50,13 @@ def create_app(settings: IngressSettings | None = None) -> FastAPI:
     app = FastAPI(title="Soma Gateway", version="0.1.0", lifespan=lifespan)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AcceptDeadline, paths=TURN_PATHS, deadline_s=settings.turn_accept_deadline_s)
+    # Request latency (ingress/request_metrics.py), inside the SSE endpoint: not streams.
+    app.add_middleware(RequestMetrics)
     # SSE ahead of the router (and inside the Host check): an idle stream's memory is
     # mostly the layers it is held in (ingress/routes/stream.py).
     app.add_middleware(stream.SessionEventsEndpoint)
+    if tracing.enabled():  # a SERVER span per request, inside the Host check
+        app.add_middleware(RequestSpan)
     if settings.allowed_hosts is not None:  # outermost: a foreign Host reaches nothing else
         app.add_middleware(
             HostCheckMiddleware,
@@ -71,7 +78,7 @@ def create_app(settings: IngressSettings | None = None) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        await refresh_deployment_gauges(app.state.resources)
+        await refresh_gauges(app.state.resources)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

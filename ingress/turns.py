@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway_runtime.errors import DependencyUnavailable
 from gateway_runtime.tokens import asked_text
+from gateway_runtime.tracing import producer_span
 from ingress.auth.admission import Admission
 from ingress.auth.errors import Denied
 from ingress.idempotency import Remembered, request_hash
@@ -113,7 +114,10 @@ async def start_turn(
         # Reserved before but maybe never published: publish the same turn again.
         session_id, event_id = remembered.session_id, remembered.event_id
     event = _event(turn, admission, session_id, event_id)
-    outcome = await res.outbox.publish(res.topics.requested.name, res.codec.encode(event), deadline)
+    topic = res.topics.requested.name
+    with producer_span(topic, event_id, session_id) as trace:  # the turn's trace starts here
+        record = res.codec.encode(event, **trace.headers())
+        outcome = await res.outbox.publish(topic, record, deadline)
     if idempotency_key is not None:
         try:
             await res.idempotency.accept(subject, idempotency_key)

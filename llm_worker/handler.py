@@ -39,6 +39,7 @@ from gateway_runtime.tokens import estimate_tokens
 from llm_worker.allowance import exhausted_error, plan_call, prompt_tokens
 from llm_worker.client_request import client_tools, wire_tool_calls, with_generation
 from llm_worker.deltas import DeltaCoalescer
+from llm_worker.genai_span import chat_span
 from llm_worker.tool_requests import (
     ToolOffer,
     attempt_key,
@@ -141,7 +142,8 @@ class LLMHandler:
             return [await self._failed(event, _CANCELLED, event.prior_usage)]
         answer = _Answer(model=event.profile.model)
         try:
-            await self._stream(event, profiles, tools, answer)
+            with chat_span(profiles[0], sid, answer):  # a span when tracing is on
+                await self._stream(event, profiles, tools, answer)
         except _Cancelled:
             usage = total_usage(event.prior_usage, answer.usage)
             return [await self._failed(event, _CANCELLED, usage, answer.model)]

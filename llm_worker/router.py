@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator
 from adapters.deployments import DeploymentHealth, deployment_name
 from gateway_runtime.errors import AllDeploymentsFailed, DependencyUnavailable, ProviderError
 from gateway_runtime.ports import Answering, ChatModel, Chunk, ToolSpecs
-from llm_worker.metrics import BREAKER_TRANSITIONS, FALLBACKS, PROVIDER_FAILURES
-from schemas.events import ChatMessage, ModelProfile
+from llm_worker.metrics import BREAKER_TRANSITIONS, FALLBACKS, PROVIDER_FAILURES, observe_call
+from schemas.events import ChatMessage, ModelProfile, Usage
 
 log = logging.getLogger(__name__)
 NOT_RETRYABLE = {400, 401, 403, 404, 422}
@@ -59,16 +59,30 @@ class ModelRouter:
                     break
                 started = time.perf_counter()
                 answered = False
+                first_token: float | None = None
+                usage: Usage | None = None
                 try:
                     async for chunk in self._model.stream(profile, messages, tools):
+                        usage = chunk.usage or usage
                         if not answered and (chunk.text or chunk.tool_calls):
                             answered = True
+                            first_token = time.perf_counter()
                             if index:
                                 FALLBACKS.labels(profile.model).inc()
                             yield Answering(profile, fallback=index > 0)
                         yield chunk
                 except ProviderError as exc:
                     last = exc
+                    error_type = str(exc.status) if exc.status else type(exc).__name__
+                    ended = time.perf_counter()
+                    observe_call(
+                        profile,
+                        started=started,
+                        first_token=first_token,
+                        ended=ended,
+                        usage=usage,
+                        error_type=error_type,
+                    )
                     log.warning("model call on %s failed: %s", name, str(exc)[:LOGGED_DETAIL])
                     await self._failed(name, exc)
                     if answered or exc.mid_stream:
@@ -78,7 +92,11 @@ class ModelRouter:
                         break
                     await asyncio.sleep(self._backoff_s * (2**attempt))
                     continue
-                await self._succeeded(name, (time.perf_counter() - started) * 1000, verdict)
+                ended = time.perf_counter()
+                observe_call(
+                    profile, started=started, first_token=first_token, ended=ended, usage=usage
+                )
+                await self._succeeded(name, (ended - started) * 1000, verdict)
                 return
         raise AllDeploymentsFailed(attempts, last)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from gateway_runtime.errors import InvalidEvent
 from gateway_runtime.ports import DEFAULT_PERSONA, Budgets, Memory, Output, TurnStore
+from persistence_worker.metrics import observe_stored
 from schemas.events import Event, TurnCompleted
 from schemas.topics import Topics
 
@@ -44,7 +45,9 @@ class PersistenceHandler:
     async def handle(self, event: Event) -> Sequence[Output]:
         if not isinstance(event, TurnCompleted):
             raise InvalidEvent(f"persistence expects TurnCompleted, got {type(event).__name__}")
-        if not await self.store.save(event):
+        if await self.store.save(event):
+            observe_stored(event)
+        else:
             log.info("turn already stored; redelivery ignored")
         request = event.request
         if event.reserved_tokens > 0:  # a turn without a budget has no counters to settle

@@ -3,7 +3,9 @@
 A Kafka record of the mesh is:
   key     = session_id (UTF-8), so one partition carries a session's events in order
   value   = Avro binary of the record, written with the schema the headers name
-  headers = event-id, trace-id, tenant, schema (full name), schema-version
+  headers = event-id, trace-id, tenant, schema (full name), schema-version, and when the
+            writer traces (gateway_runtime/tracing.py) W3C `traceparent`, whose trace id is
+            the `trace-id` header's
 
 The reader resolves the writer's version against the newest one it knows, so data written
 with an older schema version reads with the current one (new fields take their defaults).
@@ -132,10 +134,14 @@ class Codec:
             return self._newest[name][1]
         return self._schemas[(name, version)]
 
-    def encode(self, event: Event, *, trace_id: str | None = None) -> EncodedEvent:
+    def encode(
+        self, event: Event, *, trace_id: str | None = None, traceparent: str | None = None
+    ) -> EncodedEvent:
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, self._newest[event.SCHEMA][1], to_avro(event))
         request = request_of(event)
+        if trace_id is None and traceparent is not None:  # `00-<trace id>-<span id>-<flags>`
+            trace_id = traceparent.split("-")[1]
         headers: Headers = [
             ("event-id", request.event_id.encode()),
             ("trace-id", (trace_id or uuid.uuid4().hex).encode()),
@@ -143,6 +149,8 @@ class Codec:
             ("schema", event.SCHEMA.encode()),
             ("schema-version", str(event.VERSION).encode()),
         ]
+        if traceparent is not None:
+            headers.append(("traceparent", traceparent.encode()))
         return EncodedEvent(request.session_id.encode(), buf.getvalue(), headers)
 
     def decode(self, value: bytes | None, headers: Headers | None) -> Event:

@@ -79,6 +79,12 @@ class Mesh:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.env['GATEWAY_PORT']}"
 
+    def ingress_url(self, name: str) -> str:
+        """The base URL of one ingress process (`ingress`, `ingress-2`, ...: each listens on
+        a port of its own, `start_mesh(ingresses=N)`)."""
+        port = self.env_of.get(name, {}).get("GATEWAY_PORT", self.env["GATEWAY_PORT"])
+        return f"http://127.0.0.1:{port}"
+
     @property
     def kafka(self) -> KafkaConnection:
         """The broker's admin login, from the mesh's credentials directory (for tests
@@ -104,7 +110,8 @@ class Mesh:
             proc = subprocess.Popen(
                 [sys.executable, "-m", module or name, *args],
                 cwd=ROOT,
-                env={**self.env, **self.env_of.get(name, {})},
+                # STAGE_INSTANCE: each process its own transactional.id (replicas too)
+                env={**self.env, "STAGE_INSTANCE": name, **self.env_of.get(name, {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -176,14 +183,15 @@ class Mesh:
         self.processes.clear()
         self.supervised = ()
 
-    async def wait_healthy(self, timeout: float = 60) -> dict[str, Any]:
+    async def wait_healthy(self, timeout: float = 60, url: str | None = None) -> dict[str, Any]:
+        """Until the ingress at `url` (by default the first) says it is healthy."""
         deadline = time.monotonic() + timeout
         last: object = None
         async with httpx.AsyncClient() as client:
             while time.monotonic() < deadline:
                 self._check_alive()
                 try:
-                    r = await client.get(self.base_url + "/v1/health", timeout=5)
+                    r = await client.get((url or self.base_url) + "/v1/health", timeout=5)
                     last = r.json()
                     if r.status_code == 200:
                         return dict(r.json())
@@ -299,21 +307,28 @@ async def start_mesh(
     workers: tuple[str, ...] = WORKERS,
     supervised: bool = False,
     replicas: int = 1,
+    ingresses: int = 1,
 ) -> None:
     """Start the ingress and `workers` (`supervised`: under the supervisor, which restarts
-    what dies; `replicas`: processes of each REPLICATED worker, one consumer group), and
+    what dies; `replicas`: processes of each REPLICATED worker, one consumer group;
+    `ingresses`: ingress processes, each on a port of its own, `Mesh.ingress_url`), and
     wait until they take turns."""
     counts = {w: replicas if w in REPLICATED else 1 for w in workers}
+    ingress_names = replica_names("ingress", ingresses)
+    for name in ingress_names[1:]:
+        mesh.env_of.setdefault(name, {}).setdefault("GATEWAY_PORT", str(free_port()))
     if supervised:
-        if replicas != 1:
+        if replicas != 1 or ingresses != 1:
             raise ValueError("the supervisor runs one process per service")
         mesh.supervise(("ingress", *workers))
     else:
-        mesh.start("ingress")
+        for name in ingress_names:
+            mesh.start(name, "ingress")
         for worker in workers:
             for name in replica_names(worker, counts[worker]):
                 mesh.start(name, worker)
-    await mesh.wait_healthy()
+    for name in ingress_names:
+        await mesh.wait_healthy(url=mesh.ingress_url(name))
     for worker in workers:
         if worker in STAGE_OF:
             await mesh.wait_group_members(STAGE_OF[worker], count=counts[worker])

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from gateway_runtime.settings import CommonSettings
-from testbed.mesh import Mesh, mesh_env, provision, start_fake_upstream, start_mesh
-from testbed.sandbox import Sandbox, open_sandbox
+from testbed.mesh import WORKERS, Mesh, mesh_env, provision, start_fake_upstream, start_mesh
+from testbed.sandbox import Sandbox, free_port, open_sandbox
 from tests.stack_guard import snapshot
 
 
@@ -54,8 +54,10 @@ async def sandbox(settings: CommonSettings) -> AsyncIterator[Sandbox]:
 
 @pytest.fixture(scope="session")
 async def mesh(fake_llm: str, sandbox: Sandbox) -> AsyncIterator[Mesh]:
-    """A mesh with auth off (`make up`'s local profile), models on the fake upstream."""
-    mesh = Mesh(env=mesh_env(sandbox, fake_llm + "/v1"), log_dir=sandbox.dir)
+    """A mesh with auth off (`make up`'s local profile), models on the fake upstream;
+    each stage worker serves /metrics on a port of its own, as under `make up`."""
+    metrics = {w: {"METRICS_PORT": str(free_port())} for w in WORKERS}
+    mesh = Mesh(env=mesh_env(sandbox, fake_llm + "/v1"), log_dir=sandbox.dir, env_of=metrics)
     try:
         mesh.operator_key = await provision(mesh.env)
         await start_mesh(mesh)

@@ -1,7 +1,8 @@
 """Two replicas of every stage worker share each stage's partitions and lose nothing.
 
 More load is met with more processes of each stage in one consumer group (12 partitions
-a topic, schemas/topics.py): this is the mesh the benchmarks' `--replicas 2` runs.
+a topic, schemas/topics.py): this is the mesh the benchmarks' `--replicas 2` runs. Two
+ingress processes (each on a port of its own) take turns alike: the chaos run's mesh.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ async def replicated(
             mesh.env_of[name] = {"METRICS_PORT": str(port)}
         try:
             await provision(mesh.env)
-            await start_mesh(mesh, replicas=2)  # returns once every group has 2 members
+            # returns once every group has 2 members and both ingresses are healthy
+            await start_mesh(mesh, replicas=2, ingresses=2)
             yield sandbox, mesh, ports
         finally:
             mesh.stop_all()
@@ -43,9 +45,15 @@ async def test_two_replicas_of_each_stage_share_the_turns(
     replicated: tuple[Sandbox, Mesh, dict[str, int]],
 ) -> None:
     sandbox, mesh, ports = replicated
-    assert {n for n in mesh.processes if n.endswith("-2")} == {f"{w}-2" for w in REPLICATED}
-    async with httpx.AsyncClient(base_url=mesh.base_url, timeout=30) as client:
-        answers = await asyncio.gather(*(turn(client) for _ in range(TURNS)))
+    seconds = {f"{w}-2" for w in ("ingress", *REPLICATED)}
+    assert {n for n in mesh.processes if n.endswith("-2")} == seconds
+    urls = [mesh.ingress_url("ingress"), mesh.ingress_url("ingress-2")]
+    assert urls[0] == mesh.base_url and urls[1] != urls[0]
+    async with (
+        httpx.AsyncClient(base_url=urls[0], timeout=30) as first,
+        httpx.AsyncClient(base_url=urls[1], timeout=30) as second,
+    ):
+        answers = await asyncio.gather(*(turn(second if i % 2 else first) for i in range(TURNS)))
     for events in answers:
         assert events[-1].type == "assistant.final", events[-1]
         assert streamed_text(events) == FAKE_ANSWER

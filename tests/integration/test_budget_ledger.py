@@ -68,3 +68,14 @@ async def test_no_budget_no_postgres() -> None:
     """The unlimited path asks nothing: a ledger on a closed pool still answers."""
     ledger = PostgresBudgetLedger(None)  # type: ignore[arg-type]
     assert (await ledger.reserve("t", "tenant", "p", 5, 0)).granted
+
+
+async def test_today_lists_every_budget_spent_on_today(budgets: PostgresBudgetLedger) -> None:
+    """What the ingress's budget gauges read (ingress/metrics.py)."""
+    tenant, turn = f"t-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    assert (await budgets.reserve(turn, tenant, "a", 50, 100)).granted
+    assert (await budgets.reserve(uuid.uuid4().hex, tenant, "b", 20, 100)).granted
+    await budgets.settle(turn, tenant, "a", 12)
+    today = await budgets.today()
+    assert (today[(tenant, "a")].used, today[(tenant, "a")].reserved) == (12, 0)
+    assert (today[(tenant, "b")].used, today[(tenant, "b")].reserved) == (0, 20)

@@ -1,7 +1,8 @@
 """An in-memory twin of the stage loop's Kafka ports, for testing the loop itself.
 
 `MemoryConsumer` hands out the records fed to it and records every commit; the
-`MemoryPublisher` keeps what is published per topic and fails on demand.
+`MemoryPublisher` keeps what is published per topic and fails on demand;
+`MemoryTransactions` does both at once, all or nothing, as a Kafka transaction does.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway_runtime.errors import DependencyUnavailable
+from gateway_runtime.errors import DependencyUnavailable, PublishRefused
 from gateway_runtime.ports import ConsumedRecord
+from gateway_runtime.transactions import RecordRefused
 from schemas.codec import EncodedEvent
 
 
@@ -82,3 +84,34 @@ class MemoryPublisher:
         if topic in self.failures:
             self.failures[topic](record)
         self.published.setdefault(topic, []).append(record)
+
+
+@dataclass
+class MemoryTransactions:
+    """Records and offsets committed together into `consumer` and `published`; a failure
+    (from `failures`, per topic) leaves nothing of the transaction behind."""
+
+    consumer: MemoryConsumer
+    published: dict[str, list[EncodedEvent]] = field(default_factory=dict)
+    failures: dict[str, Callable[[EncodedEvent], None]] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    metadata: dict[Any, str] = field(default_factory=dict)  # partition -> last metadata
+    transactions: int = 0
+
+    async def commit(
+        self, records: Sequence[tuple[str, EncodedEvent]], offsets: Mapping[Any, tuple[int, str]]
+    ) -> None:
+        staged: list[tuple[str, EncodedEvent]] = []
+        for index, (topic, record) in enumerate(records):
+            self.attempts[topic] = self.attempts.get(topic, 0) + 1
+            try:
+                if topic in self.failures:
+                    self.failures[topic](record)
+            except PublishRefused as exc:
+                raise RecordRefused(index, str(exc)) from exc
+            staged.append((topic, record))
+        await self.consumer.commit({tp: offset for tp, (offset, _) in offsets.items()})
+        for topic, record in staged:
+            self.published.setdefault(topic, []).append(record)
+        self.metadata.update({tp: metadata for tp, (_, metadata) in offsets.items()})
+        self.transactions += 1

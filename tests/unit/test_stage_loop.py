@@ -1,9 +1,11 @@
 """The stage loop itself, on an in-memory consumer and publisher (tests/unit/kafka_twin.py).
 
 What it promises (gateway_runtime/stage.py): retries then a dead letter, per-key order,
-commits of the contiguous finished prefix only, a drain on revoke, and a record that is
-never lost nor left to block its partition silently when the dead letter or the client
-notification fails.
+outputs and offsets in one transaction (all or nothing: an output is never visible before
+the offset past its record commits, nor twice), positions at the contiguous finished
+prefix with the records finished beyond it listed for the next owner, a drain on revoke,
+and a record that is never lost nor left to block silently when the dead letter or the
+client notification fails.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from gateway_runtime.settings import StageSettings
 from gateway_runtime.stage import StageLoop
 from schemas.codec import Codec, EncodedEvent, header
 from schemas.events import ErrorInfo, Event, TurnAuthorized, TurnRequested
-from tests.unit.kafka_twin import MemoryConsumer, MemoryPublisher
+from tests.unit.kafka_twin import MemoryConsumer, MemoryTransactions
 
 IN, OUT, DLQ = "t.in", "t.out", "t.dlq"
 CODEC = Codec()
@@ -73,7 +75,7 @@ class ScriptedHandler:
 class Mesh:
     handler: ScriptedHandler
     consumer: MemoryConsumer
-    publisher: MemoryPublisher
+    publisher: MemoryTransactions
     loop: StageLoop
     told: list[tuple[str, str, ErrorInfo]]
 
@@ -98,7 +100,8 @@ async def until(condition: Callable[[], bool], timeout: float = 5) -> None:
 
 def twins(notify: FailureNotifier | None = None) -> Mesh:
     """A stage loop over the twins, not running yet."""
-    handler, consumer, publisher = ScriptedHandler(), MemoryConsumer(), MemoryPublisher()
+    handler, consumer = ScriptedHandler(), MemoryConsumer()
+    publisher = MemoryTransactions(consumer)
     told: list[tuple[str, str, ErrorInfo]] = []
 
     async def record(session: str, turn: str, error: ErrorInfo) -> None:
@@ -107,7 +110,7 @@ def twins(notify: FailureNotifier | None = None) -> Mesh:
     loop = StageLoop(
         handler=handler,
         consumer=consumer,
-        publisher=publisher,
+        transactions=publisher,
         codec=CODEC,
         settings=SETTINGS,
         dead_letter_topic=DLQ,
@@ -149,6 +152,7 @@ async def test_a_retryable_failure_is_tried_n_times_then_dead_lettered(mesh: Mes
     assert header(dead.headers, "dlq-source-topic") == IN
     assert header(dead.headers, "dlq-source-offset") == "0"
     assert header(dead.headers, "dlq-stage") == "test"
+    await until(lambda: bool(mesh.told))  # told after the dead letter is committed
     assert [(s, t, e.code) for s, t, e in mesh.told] == [("s1", event.event_id, "stage_failed")]
     assert mesh.out() == []
 
@@ -195,16 +199,24 @@ async def test_only_the_contiguous_finished_prefix_is_committed(mesh: Mesh) -> N
     await until(lambda: {"b1", "c1"} <= set(mesh.handler.finished))
     mesh.feed("d", "d1", partition=1)  # a commit after b1 and c1 finished
     await until(lambda: mesh.committed(1) == 1)
-    assert mesh.committed(0) is None  # offsets 1 and 2 are done, but 0 is not
+    await until(lambda: len(mesh.out()) == 3)  # b1, c1, d1: not held back by a1
+    assert mesh.committed(0) == 0  # offsets 1 and 2 are done, but 0 is not
+    assert mesh.publisher.metadata[(IN, 0)] == "done:1,2"  # for the next owner: skip them
     mesh.handler.gate("gate a1").set()
     await until(lambda: mesh.committed(0) == 3)
+    assert len(mesh.out()) == 4 and mesh.publisher.metadata[(IN, 0)] == ""
 
 
-async def test_a_failed_commit_is_tried_again(mesh: Mesh) -> None:
+async def test_a_failed_transaction_is_tried_again_and_shows_nothing_meanwhile(
+    mesh: Mesh,
+) -> None:
     mesh.consumer.fail_commits = 2
     mesh.feed("a", "a1")
+    await until(lambda: mesh.consumer.fail_commits == 1)
+    assert mesh.out() == [] and mesh.committed() is None  # neither without the other
     await until(lambda: mesh.committed() == 1)
     assert mesh.consumer.fail_commits == 0
+    assert len(mesh.out()) == 1, "the output is in the log once, however often tried"
 
 
 async def test_a_revoke_drains_in_flight_records_then_commits_them(mesh: Mesh) -> None:
@@ -249,13 +261,70 @@ async def test_until_its_dead_letter_lands_a_record_is_not_committed(mesh: Mesh)
 
     mesh.publisher.failures[DLQ] = broker_down
     mesh.feed("a", "poison", partition=0)
+    await until(lambda: mesh.publisher.attempts.get(DLQ, 0) >= 2)
     mesh.feed("b", "ok", partition=1)
-    await until(lambda: mesh.committed(1) == 1)  # the other partition goes on
-    await until(lambda: mesh.publisher.attempts[DLQ] >= 5)  # still trying, not dropped
-    assert mesh.committed(0) is None
+    await until(lambda: mesh.publisher.attempts.get(DLQ, 0) >= 5)  # still trying, not dropped
+    # One transaction carries both: all or nothing.
+    assert mesh.committed(0) is None and mesh.committed(1) is None and mesh.out() == []
     assert mesh.told == []  # the client hears of it once it is in the dead-letter topic
     await mesh.loop.drain_and_commit([(IN, 0), (IN, 1)])  # a revoke: abandoned, redelivered
     assert mesh.committed(0) is None
+
+
+async def test_once_the_dead_letter_lands_both_records_commit_once(mesh: Mesh) -> None:
+    def broker_down(_: EncodedEvent) -> None:
+        raise DependencyUnavailable("kafka down")
+
+    mesh.publisher.failures[DLQ] = broker_down
+    mesh.feed("a", "poison", partition=0)
+    mesh.feed("b", "ok", partition=1)
+    await until(lambda: mesh.publisher.attempts.get(DLQ, 0) >= 3)
+    del mesh.publisher.failures[DLQ]
+    await until(lambda: mesh.committed(0) == 1 and mesh.committed(1) == 1)
+    assert len(mesh.out(DLQ)) == 1 and len(mesh.out()) == 1
+    await until(lambda: len(mesh.told) == 1)
+
+
+async def test_an_output_the_broker_refuses_dead_letters_its_record(mesh: Mesh) -> None:
+    def too_large(_: EncodedEvent) -> None:
+        raise PublishRefused("MessageSizeTooLargeError")
+
+    mesh.publisher.failures[OUT] = too_large
+    mesh.feed("a", "ok", partition=0)
+    mesh.feed("b", "ok too", partition=1)
+    await until(lambda: mesh.committed(0) == 1 and mesh.committed(1) == 1)
+    assert mesh.out() == [] and len(mesh.out(DLQ)) == 2
+    assert {header(d.headers, "dlq-error-type") for d in mesh.out(DLQ)} == {"RecordRefused"}
+
+
+async def test_a_new_owner_skips_what_the_last_committed_beyond_its_position() -> None:
+    """Records finished beyond a slow one are committed with their outputs; the next
+    owner of the partition (after a crash or a revoke) must not produce them again."""
+    first = twins()
+    stop = asyncio.Event()
+    running = asyncio.create_task(first.loop.run(stop))
+    slow = first.feed("a", "gate a1")  # offset 0: never finishes here
+    quick = first.feed("b", "b1")  # offset 1
+    await until(lambda: len(first.out()) == 1)
+    assert first.committed() == 0
+    metadata = first.publisher.metadata[(IN, 0)]
+    await first.loop.drain_and_commit([(IN, 0)])  # abandoned: a1 goes to the next owner
+    stop.set()
+    await asyncio.wait_for(running, 5)
+
+    second = twins()
+    second.consumer.commits = [{(IN, 0): 0}]
+    await second.loop.assigned({(IN, 0): (0, metadata)})
+    for event in (slow, quick):  # redelivered from the committed position
+        second.consumer.feed(IN, 0, CODEC.encode(event))
+    stop = asyncio.Event()
+    running = asyncio.create_task(second.loop.run(stop))
+    second.handler.gate("gate a1").set()
+    await until(lambda: second.committed() == 2)
+    stop.set()
+    await asyncio.wait_for(running, 5)
+    assert second.handler.calls == ["gate a1"], "b1 is not handled again"
+    assert len(first.out()) + len(second.out()) == 2, "one output per record in all"
 
 
 async def test_a_dead_letter_refused_for_good_goes_as_its_provenance_alone(mesh: Mesh) -> None:
@@ -308,4 +377,21 @@ async def test_a_dead_letter_from_an_outsiders_topic_tells_no_session(mesh: Mesh
     mesh.consumer.feed(IN, 0, CODEC.encode(event))
     await until(lambda: mesh.committed() == 1 and mesh.consumer.committed("t.inbound.bot", 0) == 1)
     assert len(mesh.out(DLQ)) == 2
+    await until(lambda: bool(mesh.told))
     assert [s for s, _, _ in mesh.told] == ["victim"], "told once: for the mesh's own record"
+
+
+async def test_while_transactions_fail_the_loop_stops_taking_records(mesh: Mesh) -> None:
+    """Finished records wait in memory for their transaction: past 4 x max_in_flight of
+    them, nothing more is polled until they are committed."""
+    mesh.consumer.fail_commits = 10**9
+    for n in range(4 * SETTINGS.max_in_flight):
+        mesh.feed(f"s{n}", f"first {n}")
+    await until(lambda: len(mesh.handler.finished) == 4 * SETTINGS.max_in_flight)
+    await asyncio.sleep(0.15)  # a poll that began below the limit has ended (100 ms)
+    mesh.feed("late", "late")
+    await asyncio.sleep(0.1)  # many poll rounds of the loop: it must not take the record
+    assert "late" not in mesh.handler.started and mesh.out() == []
+    mesh.consumer.fail_commits = 0
+    await until(lambda: mesh.committed() == 4 * SETTINGS.max_in_flight + 1, timeout=10)
+    assert len(mesh.out()) == 4 * SETTINGS.max_in_flight + 1
