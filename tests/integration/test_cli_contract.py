@@ -35,10 +35,9 @@ from soma_cli.table import COLUMNS
 OPERATOR, TENANT_ADMIN, TURNS_ONLY = "op-key", "admin-t1", "turns-key"
 PAGE_CAP = 25  # the fake answers at most this many per page, so the CLI must follow cursors
 LONG_SESSION = "session-" + "x" * 70
-NOW = datetime.now(UTC)
 
 
-def _dead_letter(n: int) -> dict[str, Any]:
+def _dead_letter(n: int, now: datetime) -> dict[str, Any]:
     """1-40: persistence/DependencyUnavailable 5 min ago (the outage); 41-50: llm errors
     5 min ago; 51-60: persistence/DependencyUnavailable 3 h ago. 7 replayed, 8 discarded."""
     stage, error_type, ago = "persistence", "DependencyUnavailable", timedelta(minutes=5)
@@ -46,7 +45,7 @@ def _dead_letter(n: int) -> dict[str, Any]:
         stage, error_type = "llm", "AllDeploymentsFailed"
     if n > 50:
         ago = timedelta(hours=3)
-    at = (NOW - ago).isoformat()
+    at = (now - ago).isoformat()
     status = {7: "replayed", 8: "discarded"}.get(n, "pending")
     return {
         "id": str(n),
@@ -73,7 +72,10 @@ def _dead_letter(n: int) -> dict[str, Any]:
 
 class FakeRequeueApi:
     def __init__(self) -> None:
-        self.items = {str(n): _dead_letter(n) for n in range(1, 61)}
+        # Ages count from the fake's start, not the module's import: a long suite runs
+        # between the two, and `--since 10m` must still find the recent outage.
+        now = datetime.now(UTC)
+        self.items = {str(n): _dead_letter(n, now) for n in range(1, 61)}
         self.calls: list[tuple[str, str]] = []
         # id -> (status, code) that replay/discard answer instead (a failure, a race)
         self.answer: dict[str, tuple[int, str]] = {}
