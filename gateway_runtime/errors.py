@@ -113,7 +113,9 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     ConnectionError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,  # the connection was closed under the query
-    asyncpg.exceptions.CannotConnectNowError,
+    # The server is shutting down or starting (AdminShutdown: "terminating connection due
+    # to administrator command" under a fast shutdown; CannotConnectNow while it starts).
+    asyncpg.exceptions.OperatorInterventionError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     httpx.TransportError,

@@ -435,6 +435,10 @@ class ToolSettings(StageSettings):
 
 class PersistenceSettings(StageSettings, MemorySettings):
     service_name: str = "persistence_worker"
+    # A turn here is answered already: dead-lettering it while Postgres restarts would
+    # leave the client's answer unstored until an operator replays it. 10 tries with the
+    # backoff above wait ~26 s (a restart takes seconds; a managed failover ~30).
+    retry_attempts: int = 10
 
 
 class DeadLetterIndexSettings(StageSettings):

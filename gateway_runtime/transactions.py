@@ -17,15 +17,18 @@ time. Its errors, in the mesh's terms:
   bumped its epoch after a timeout), it is started anew under the same id: the broker
   first completes or aborts whatever the old producer left, so the group's committed
   offsets then tell whether the transaction landed (they are exactly what it sent: it
-  did, and `commit` returns) or not (`DependencyUnavailable`, tried again). If even that
-  cannot be read, `TransactionOutcomeUnknown`: the process must stop (its successor reads
-  the truth when it is assigned the partitions), since trying again could write twice.
+  did, and `commit` returns) or not (`DependencyUnavailable`, tried again). While the
+  broker is away (a restart takes tens of seconds) that is asked again, with backoff, for
+  up to `outcome_wait_s`; if it still cannot be read, `TransactionOutcomeUnknown`: the
+  process must stop (its successor reads the truth when it is assigned the partitions),
+  since trying again could write twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -46,6 +49,9 @@ log = logging.getLogger(__name__)
 # abort of a transaction that outlived its timeout, is not: the producer is renewed.)
 _FENCED = (ProducerFenced, TransactionalIdAuthorizationFailed)
 Send = tuple[str, EncodedEvent]  # a record for a topic
+# How long a transaction of unknown outcome waits for the broker to tell it: longer than
+# a broker restart (the chaos suite's took 17 s), so a restart does not stop the stage.
+OUTCOME_WAIT_S = 120.0
 
 
 class RecordRefused(PublishRefused):
@@ -85,11 +91,13 @@ class KafkaTransactions:
         committed: Committed,
         *,
         timeout_s: float,
+        outcome_wait_s: float = OUTCOME_WAIT_S,
     ) -> None:
         self._make = make
         self._group_id = group_id
         self._committed = committed  # the group's committed offsets and metadata
         self._timeout_s = timeout_s
+        self._outcome_wait_s = outcome_wait_s
         self.producer = make()
         self._started = False
 
@@ -182,17 +190,29 @@ class KafkaTransactions:
     async def _landed(self, offsets: Mapping[Any, tuple[int, str]]) -> bool:
         """Whether a transaction of unknown outcome committed: once the new producer is
         registered the old one's transaction is settled, and the group's offsets are
-        then exactly what it sent, or not."""
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await self.start()
-                await self.producer.begin_transaction()  # waits until it is registered
-                await self.producer.abort_transaction()  # nothing in it
-                found = await self._committed(list(offsets))
-        except BaseException as exc:
-            raise TransactionOutcomeUnknown(
-                f"a transaction's outcome is unknown and cannot be learned: {exc!r}"
-            ) from exc
+        then exactly what it sent, or not. Asked again while the broker is away."""
+        deadline = time.monotonic() + self._outcome_wait_s
+        delay = 0.2
+        while True:
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    if not self._started:
+                        await self.start()
+                    await self.producer.begin_transaction()  # waits until it is registered
+                    await self.producer.abort_transaction()  # nothing in it
+                    found = await self._committed(list(offsets))
+                break
+            except (TransactionFenced, *_FENCED) as exc:
+                raise TransactionFenced(f"transaction fenced: {exc!r}") from exc
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    raise TransactionOutcomeUnknown(
+                        f"a transaction's outcome is unknown and cannot be learned: {exc!r}"
+                    ) from exc
+                log.warning("a transaction's outcome cannot be learned yet: %r", exc)
+                await self._renew()  # a producer that failed to start is not started again
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         landed = all(found.get(tp) == sent for tp, sent in offsets.items())
         log.warning("transaction of unknown outcome: %s", "committed" if landed else "aborted")
         return landed

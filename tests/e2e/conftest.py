@@ -2,7 +2,8 @@
 
 The operators' tests hang (SIGSTOP) and stop those two under a running mesh; the
 machine's own servers (and any gateway `make up` runs) are never touched. Deadlines are
-short so a hung dependency turns into a dead letter within seconds.
+short so a hung dependency turns into a dead letter within seconds. Retries are each
+stage's default (3; the persistence stage, whose turns are answered already, 10).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ async def outage_mesh(settings: CommonSettings, fake_llm: str) -> AsyncIterator[
             fake_llm + "/v1",
             POSTGRES_TIMEOUT_S="1",
             REDIS_TIMEOUT_S="1",
-            RETRY_ATTEMPTS="3",
             KAFKA_PUBLISH_TIMEOUT_S="0.5",
             OUTBOX_RELAY_INTERVAL_S="0.2",
             SSE_KEEPALIVE_S="1",

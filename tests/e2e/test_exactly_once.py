@@ -168,18 +168,13 @@ async def test_a_stage_killed_between_handling_and_commit_never_doubles_an_outpu
     assert not doubled, f"output records made twice: {doubled}"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (issue 12): after kill -9 of one of two replicas the survivor sometimes "
-    "does not take the partitions over within 60 s (its group rebalance stalls; no "
-    "transaction fails). When it does, nothing is lost or doubled.",
-)
 async def test_a_replica_killed_for_good_is_taken_over_without_doubles(
     stage_mesh: Mesh, tmp_path: Path
 ) -> None:
     """Two replicas (transactional ids of their own); one is killed and not started
     again: the other takes its partitions once the group drops it (session timeout), and
-    what it had handled is handled again there. Its open transaction is aborted by the
+    what it had handled without committing is handled again there (the count is
+    printed: a kill need not fall in that window). Its open transaction is aborted by the
     broker's timeout (TRANSACTION_TIMEOUT_S): until then it holds back the readers of
     the partitions it wrote, never lets them read its records."""
     mesh = stage_mesh
@@ -194,19 +189,23 @@ async def test_a_replica_killed_for_good_is_taken_over_without_doubles(
     try:
         await until(lambda: noted(notes) >= 200, 60, every=0.001)
         mesh.kill("eos-a")
-        # The survivor handles again what eos-a had not committed (after the rebalance).
-        await until(lambda: any(n > 1 for n in Counter(handled(notes)).values()), 60)
-        seen = len(handled(notes))
-        await until(lambda: len(handled(notes)) >= seen + 100, 60)
+        killed = time.monotonic()
+        # The load goes on, to eos-a's partitions too, past its session timeout (10 s):
+        # the length of the fault, not a wait for readiness.
+        await asyncio.sleep(15)
     finally:
         stop.set()
         sent = await sender
     expected = set(sent)
     try:
-        await until(lambda: expected <= set(handled(notes)), 120)  # the survivor caught up
+        # Every turn handled: eos-a's partitions were taken over by eos-b.
+        await until(lambda: expected <= set(handled(notes)), 60)
+        took_over = time.monotonic() - killed
         committed = await read_output(mesh, topics.authorized, "read_committed", expected, 120)
     finally:
         mesh.stop("eos-b")
+    twice = [i for i, n in Counter(handled(notes)).items() if n > 1]
+    print(f"sent={len(sent)} handled {took_over:.1f} s after the kill, twice: {len(twice)}")
     counts = Counter(committed)
     assert set(counts) >= expected, f"lost: {len(expected - set(counts))}"
     doubled = {i: n for i, n in counts.items() if n > 1}

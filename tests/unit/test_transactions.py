@@ -56,7 +56,11 @@ class StuckCommit:
 
 def transactions(
     found: Mapping[Any, tuple[int, str]] | Exception,
+    *,
+    away_for: int = 0,
 ) -> tuple[KafkaTransactions, list[StuckCommit]]:
+    """`found` is what the group's offsets say, after `away_for` tries that fail (the
+    broker restarting)."""
     made: list[StuckCommit] = []
 
     def make() -> Any:
@@ -64,12 +68,17 @@ def transactions(
         return made[-1]
 
     async def committed(partitions: Iterable[Any]) -> Mapping[Any, tuple[int, str]]:
+        nonlocal away_for
         assert list(partitions) == [TP]
+        if away_for:
+            away_for -= 1
+            raise DependencyUnavailable("kafka restarting")
         if isinstance(found, Exception):
             raise found
         return found
 
-    return KafkaTransactions(make, "g", committed, timeout_s=0.05), made
+    txn = KafkaTransactions(make, "g", committed, timeout_s=0.05, outcome_wait_s=1.0)
+    return txn, made
 
 
 async def test_a_commit_that_landed_after_all_is_not_sent_again() -> None:
@@ -85,6 +94,13 @@ async def test_a_commit_that_did_not_land_is_reported_for_another_try() -> None:
     with pytest.raises(DependencyUnavailable):
         await txn.commit(RECORDS, OFFSETS)
     assert len(made) == 2
+
+
+async def test_a_broker_away_for_a_while_is_asked_again_not_given_up_on() -> None:
+    txn, made = transactions({TP: OFFSETS[TP]}, away_for=2)
+    await txn.start()
+    await txn.commit(RECORDS, OFFSETS)  # learned on the third try: it committed
+    assert len(made) == 4  # the stuck producer, then one per try (never one restarted)
 
 
 async def test_an_outcome_that_cannot_be_learned_stops_the_stage() -> None:
