@@ -85,6 +85,7 @@ from gateway_runtime.ports import Output
 from gateway_runtime.settings import StageSettings
 from gateway_runtime.stage import StageLoop
 from gateway_runtime.transactions import KafkaTransactions
+from gateway_runtime.worker import StageRebalance
 from schemas.codec import Codec, EncodedEvent
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -511,7 +512,7 @@ async def stage_loop_hop(args: argparse.Namespace, variant: Variant) -> None:
     group = GroupConsumer(consumer)
     transactions = TransactionsTimed(
         KafkaTransactions(
-            producer, args.group, group.committed, timeout_s=settings.transaction_timeout_s
+            producer, args.group, group.committed, timeout_s=settings.transaction_timeout_s / 2
         )
     )
     forward = ForwardAsItCame(args.src, args.dst)
@@ -526,7 +527,7 @@ async def stage_loop_hop(args: argparse.Namespace, variant: Variant) -> None:
     await transactions.inner.start()
     await consumer.start()
     try:
-        consumer.subscribe([args.src])
+        consumer.subscribe([args.src], listener=StageRebalance(loop, group))
         await loop.run(stop)
     finally:
         await consumer.stop()

@@ -12,14 +12,16 @@ The producer is idempotent with acks=all, so a retried send never duplicates a r
 the log; a stage's is also transactional (`make_transactional_producer`): its outputs and
 consumed offsets commit together (gateway_runtime/stage.py). Consumers never auto-commit
 and read committed records only.
-`KafkaPublisher` and `GroupConsumer` are the stage loop's ports over aiokafka; they turn
-aiokafka's errors into the mesh's: a record the broker can never take (too large, not
+`KafkaPublisher` (the ingress's) and `GroupConsumer` (the stage loop's) are ports over
+aiokafka (transactions.py is the stage loop's producer side); they turn aiokafka's errors
+into the mesh's: a record the broker can never take (too large, not
 authorized) is `PublishRefused`, anything else `DependencyUnavailable` (retry later).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -300,16 +302,53 @@ class KafkaPublisher:
 
 
 class GroupConsumer:
-    """The `RecordConsumer` port: a member of a stage's consumer group."""
+    """The `RecordConsumer` port: a member of a stage's consumer group.
+
+    A partition's records are handed out only once it is `ready`: aiokafka starts
+    fetching a newly assigned partition before its rebalance listener has run, and the
+    stage loop must first learn which records the previous owner committed beyond its
+    position (gateway_runtime/offsets.py), or it would handle them again. Records of a
+    partition not ready yet are put back (the partition is sought to the first of them).
+    """
 
     def __init__(self, consumer: AIOKafkaConsumer) -> None:
         self.consumer = consumer
+        self._ready: set[Any] = set()
+        self._readied = asyncio.Event()
+        self._failed: Exception | None = None
+
+    def ready(self, partitions: Iterable[Any]) -> None:
+        self._ready.update(partitions)
+        self._readied.set()
+
+    def unready(self, partitions: Iterable[Any]) -> None:
+        self._ready.difference_update(partitions)
+
+    def fail(self, exc: Exception) -> None:
+        """The listener could not make its partitions ready: the next `getmany` raises."""
+        self._failed = exc
+        self._readied.set()
 
     async def getmany(self, *, timeout_ms: int) -> Mapping[Any, Sequence[ConsumedRecord]]:
+        if self._failed is not None:
+            raise self._failed
         batches: Mapping[Any, Sequence[ConsumedRecord]] = await self.consumer.getmany(
             timeout_ms=timeout_ms
         )
-        return batches
+        held = [tp for tp in batches if tp not in self._ready]
+        if not held:
+            return batches
+        assigned = self.consumer.assignment()
+        for tp in held:
+            if tp in assigned:
+                self.consumer.seek(tp, batches[tp][0].offset)  # fetched again once ready
+        ready = {tp: records for tp, records in batches.items() if tp in self._ready}
+        if not ready:  # nothing to hand out until the listener is done: do not spin
+            self._readied.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_ms / 1000):
+                    await self._readied.wait()
+        return ready
 
     async def commit(self, offsets: Mapping[Any, int]) -> None:
         try:

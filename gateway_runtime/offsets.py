@@ -33,12 +33,13 @@ class Pending:
     loop produces for it) are ready to go in a transaction; `sent` once they are committed
     while the record was still beyond the prefix; `on_commit` runs after its commit."""
 
-    __slots__ = ("done", "offset", "on_commit", "outputs", "sent", "source")
+    __slots__ = ("done", "forgotten", "offset", "on_commit", "outputs", "sent", "source")
 
     def __init__(self, offset: int) -> None:
         self.offset = offset
         self.done = False
         self.sent = False
+        self.forgotten = False
         self.outputs: list[Any] = []
         self.on_commit: Any = None
         self.source: Any = None
@@ -60,9 +61,11 @@ class OffsetTracker(Generic[P]):
         self.unsent = 0  # finished records whose outputs wait for a transaction
 
     def finish(self, entry: Pending) -> None:
-        """The record is finished; its outputs (if any) are on it."""
+        """The record is finished; its outputs (if any) are on it. One of a partition
+        forgotten meanwhile (revoked) is not counted: no transaction will take it."""
         entry.done = True
-        self.unsent += 1
+        if not entry.forgotten:
+            self.unsent += 1
 
     def start(self, partition: P, offset: int) -> Pending:
         """Track a polled record; one a previous owner already committed beyond its
@@ -110,6 +113,8 @@ class OffsetTracker(Generic[P]):
                 position = queue[prefix].offset
             beyond = [e for e in list(queue)[prefix:] if e.done]
             listed = [e.offset for e in beyond if e.sent]  # already committed: always listed
+            # The previous owner's, not polled yet: still to be skipped by whoever is next.
+            listed += [o for o in self._skips.get(partition, ()) if o >= position]
             fresh: list[Pending] = []
             for entry in (e for e in beyond if not e.sent):
                 if len(encode_done(position, [*listed, entry.offset])) > max_metadata:
@@ -139,6 +144,7 @@ class OffsetTracker(Generic[P]):
         for partition in partitions:
             for entry in self._pending.pop(partition, ()):
                 self.unsent -= entry.done and not entry.sent
+                entry.forgotten = True
             self._skips.pop(partition, None)
 
     def in_flight(self) -> int:

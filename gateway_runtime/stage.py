@@ -63,7 +63,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from gateway_runtime.delivery import Delivery, set_delivery
@@ -119,6 +119,9 @@ class StageLoop:
         self._finished_one = asyncio.Event()  # wakes the committer
         self._one_transaction = asyncio.Lock()  # aiokafka: one transaction at a time
         self._notices: set[asyncio.Task[None]] = set()
+        # Bumped by every revoke: records polled before it are not this member's to handle
+        # any more (the next owner reads them again from the committed position).
+        self._generation = 0
         # Finished records waiting for a transaction: past this many (transactions keep
         # failing) the loop stops polling until they are committed.
         self._backlog = 4 * settings.max_in_flight
@@ -136,11 +139,7 @@ class StageLoop:
                 if self._offsets.unsent >= self._backlog:  # transactions failing: wait
                     await asyncio.wait([committer], timeout=0.05)
                     continue
-                batches = await self._consumer.getmany(timeout_ms=100)
-                for tp, records in batches.items():
-                    for record in records:
-                        await self._slots.acquire()
-                        self._dispatch(tp, record)
+                await self._dispatch_batch(await self._consumer.getmany(timeout_ms=100))
         finally:
             if stop.is_set():  # a transaction in flight ends first (never cut mid-commit)
                 self._finished_one.set()
@@ -168,14 +167,20 @@ class StageLoop:
                 async with asyncio.timeout(self._settings.commit_interval_s):
                     await self._finished_one.wait()
             self._finished_one.clear()
-            if await self._commit_once():
+            committed = await self._commit_once()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # cancelled while its commit landed
+                raise asyncio.CancelledError
+            if committed:
                 delay = self._settings.retry_backoff_s
             else:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._settings.retry_backoff_max_s)
 
     async def drain_and_commit(self, revoked: Collection[Any]) -> None:
-        """Partitions are being taken away: finish (or abandon) their work, commit it."""
+        """Partitions are being taken away: finish (or abandon) their work, commit it.
+        Records polled before and not yet dispatched are dropped (the generation)."""
+        self._generation += 1
         await self._drain(self._settings.shutdown_grace_s)
         async with self._one_transaction:
             await self._commit_locked()
@@ -188,6 +193,17 @@ class StageLoop:
         async with self._one_transaction:
             for tp, (position, metadata) in committed.items():
                 self._offsets.skip(tp, position, metadata)
+
+    async def _dispatch_batch(self, batches: Mapping[Any, Sequence[ConsumedRecord]]) -> None:
+        """Each record as a slot frees up; what is left when a revoke comes is dropped."""
+        generation = self._generation
+        for tp, records in batches.items():
+            for record in records:
+                await self._slots.acquire()
+                if generation != self._generation:
+                    self._slots.release()
+                    return
+                self._dispatch(tp, record)
 
     def _dispatch(self, tp: Any, record: ConsumedRecord) -> None:
         entry = self._offsets.start(tp, record.offset)
@@ -326,8 +342,8 @@ class StageLoop:
             except RecordRefused as exc:
                 self._replace_refused(owners[exc.index], sends[exc.index], exc)
                 continue
-            except TransactionFenced:
-                log.error("this producer was fenced: another instance has its transactional.id")
+            except TransactionFenced as exc:  # or a commit of unknown outcome: stop producing
+                log.error("stopping the stage: %s", exc)
                 raise
             except Exception as exc:  # retryable, or a bug: tried again, nothing is lost
                 if any(topic == self._dead_letter_topic for topic, _ in sends):

@@ -121,6 +121,9 @@ class KafkaTransactions:
                 await self.producer.begin_transaction()  # waits for the producer id
         except (KafkaError, TimeoutError) as exc:
             raise DependencyUnavailable(f"kafka: cannot begin a transaction: {exc!r}") from exc
+        except Exception as exc:  # a producer in a state it cannot leave (aiokafka: FATAL)
+            await self._renew()
+            raise DependencyUnavailable(f"kafka: producer renewed: {exc!r}") from exc
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._send(records, offsets)

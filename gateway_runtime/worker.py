@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -34,21 +35,46 @@ from schemas.codec import Codec
 from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
+# How long newly assigned partitions wait for their committed positions before the stage
+# gives up (and its process stops, to be started again).
+ASSIGNMENT_WAIT_S = 60.0
 
 
-class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+class StageRebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     """Before partitions move to another member, finish and commit their work; when they
-    arrive, learn which records the previous owner committed beyond its position."""
+    arrive, learn which records the previous owner committed beyond its position, and
+    only then let the consumer hand out their records (GroupConsumer's `ready`)."""
 
     def __init__(self, loop: StageLoop, consumer: GroupConsumer) -> None:
         self._loop = loop
         self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        self._consumer.unready(revoked)
         await self._loop.drain_and_commit(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self._loop.assigned(await self._consumer.committed(assigned))
+        try:
+            committed = await self._committed(assigned)
+        except Exception as exc:  # aiokafka would only log it: make the loop stop instead
+            self._consumer.fail(exc)
+            raise
+        await self._loop.assigned(committed)
+        self._consumer.ready(assigned)
+
+    async def _committed(self, assigned: Any) -> dict[Any, tuple[int, str]]:
+        """The group's committed positions, asked again (the coordinator may be moving)
+        for up to ASSIGNMENT_WAIT_S: the partitions are held until then."""
+        deadline, delay = time.monotonic() + ASSIGNMENT_WAIT_S, 0.1
+        while True:
+            try:
+                return await self._consumer.committed(assigned)
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("committed offsets not read yet: %r", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
 
 def transactional_id(settings: StageSettings, stage: str) -> str:
@@ -95,7 +121,9 @@ async def serve_stage(
         ),
         group_id,
         lambda partitions: group.committed(partitions),
-        timeout_s=settings.transaction_timeout_s,
+        # Each step gives up well before the broker would abort the transaction itself
+        # (which aiokafka reports as ProducerFenced, indistinguishable from a real fence).
+        timeout_s=settings.transaction_timeout_s / 2,
     )
     consumer = make_consumer(
         settings,
@@ -116,9 +144,9 @@ async def serve_stage(
         notify_failure=fanout.publish_error if fanout else None,
     )
     if pattern:
-        consumer.subscribe(pattern=pattern, listener=_DrainOnRevoke(loop, group))
+        consumer.subscribe(pattern=pattern, listener=StageRebalance(loop, group))
     else:
-        consumer.subscribe([handler.input_topic], listener=_DrainOnRevoke(loop, group))
+        consumer.subscribe([handler.input_topic], listener=StageRebalance(loop, group))
     await transactions.start()  # fences a previous process with this id
     try:
         await consumer.start()

@@ -35,6 +35,9 @@ class MemoryConsumer:
         self._next_offset: dict[tuple[str, int], int] = {}
         self.commits: list[dict[Any, int]] = []
         self.fail_commits = 0  # how many commits to refuse
+        self.refused = 0  # commits refused so far
+        self.polls = 0  # getmany calls begun
+        self.polling = False  # one is waiting now
 
     def feed(self, topic: str, partition: int, record: EncodedEvent) -> Record:
         offset = self._next_offset.get((topic, partition), 0)
@@ -45,6 +48,14 @@ class MemoryConsumer:
         return fed
 
     async def getmany(self, *, timeout_ms: int) -> Mapping[Any, Sequence[ConsumedRecord]]:
+        self.polls += 1
+        self.polling = True
+        try:
+            return await self._poll(timeout_ms)
+        finally:
+            self.polling = False
+
+    async def _poll(self, timeout_ms: int) -> Mapping[Any, Sequence[ConsumedRecord]]:
         if not self._ready:
             self._fed.clear()
             try:
@@ -61,6 +72,7 @@ class MemoryConsumer:
     async def commit(self, offsets: Mapping[Any, int]) -> None:
         if self.fail_commits:
             self.fail_commits -= 1
+            self.refused += 1
             raise DependencyUnavailable("commit refused (test)")
         self.commits.append(dict(offsets))
 

@@ -61,3 +61,22 @@ def test_the_list_is_bounded_and_what_does_not_fit_waits() -> None:
         entry.done = True
     batch = tracker.take(max_metadata=20)
     assert len(batch.offsets["p0"][1]) <= 20 and batch.entries == entries[1:9]
+
+
+def test_the_previous_owners_list_survives_until_its_records_are_polled() -> None:
+    """A commit before the listed records are polled lists them again: otherwise the
+    owner after next would handle them a second time."""
+    tracker: OffsetTracker[str] = OffsetTracker()
+    tracker.skip("p0", 10, "done:2,5")  # 12 and 15 committed by the previous owner
+    first = tracker.start("p0", 10)
+    first.done = True
+    batch = tracker.take()
+    assert batch.offsets == {"p0": (11, "done:1,4")}  # 12 and 15, from the new position
+
+
+def test_a_record_finished_after_its_partition_was_revoked_is_not_owed_a_transaction() -> None:
+    tracker: OffsetTracker[str] = OffsetTracker()
+    entry = tracker.start("p0", 3)
+    tracker.forget({"p0"})
+    tracker.finish(entry)  # its task ran on past the revoke
+    assert tracker.unsent == 0 and tracker.take().offsets == {}

@@ -228,6 +228,26 @@ async def test_a_revoke_drains_in_flight_records_then_commits_them(mesh: Mesh) -
     assert mesh.committed() == 1
 
 
+async def test_records_polled_before_a_revoke_are_not_handled_after_it() -> None:
+    """A batch larger than the free slots: the loop waits for a slot mid-batch while the
+    partition is revoked; the rest of the batch is the next owner's, not handled here."""
+    mesh = twins()
+    for n in range(SETTINGS.max_in_flight + 4):
+        mesh.feed(f"k{n}", f"gate {n}")
+    stop = asyncio.Event()
+    running = asyncio.create_task(mesh.loop.run(stop))
+    await until(lambda: len(mesh.handler.started) == SETTINGS.max_in_flight)
+    revoke = asyncio.create_task(mesh.loop.drain_and_commit([(IN, 0)]))
+    await asyncio.sleep(0)  # the revoke has begun: it bumped the generation, it drains
+    for gate in list(mesh.handler.gates.values()):
+        gate.set()
+    await revoke
+    stop.set()
+    await asyncio.wait_for(running, 5)
+    assert len(mesh.handler.started) == SETTINGS.max_in_flight  # none of the 4 after it
+    assert mesh.committed() == SETTINGS.max_in_flight
+
+
 async def test_a_revoke_abandons_what_outlives_the_grace_uncommitted(mesh: Mesh) -> None:
     mesh.feed("a", "a1")
     await until(lambda: mesh.committed() == 1)
@@ -388,9 +408,13 @@ async def test_while_transactions_fail_the_loop_stops_taking_records(mesh: Mesh)
     for n in range(4 * SETTINGS.max_in_flight):
         mesh.feed(f"s{n}", f"first {n}")
     await until(lambda: len(mesh.handler.finished) == 4 * SETTINGS.max_in_flight)
-    await asyncio.sleep(0.15)  # a poll that began below the limit has ended (100 ms)
+    consumer = mesh.consumer
+    await until(lambda: not consumer.polling)  # a poll begun below the limit has ended
+    polls, refused = consumer.polls, consumer.refused
     mesh.feed("late", "late")
-    await asyncio.sleep(0.1)  # many poll rounds of the loop: it must not take the record
+    # The committer tries again and again; the loop polls no more meanwhile.
+    await until(lambda: consumer.refused >= refused + 5)
+    assert consumer.polls == polls and not consumer.polling
     assert "late" not in mesh.handler.started and mesh.out() == []
     mesh.consumer.fail_commits = 0
     await until(lambda: mesh.committed() == 4 * SETTINGS.max_in_flight + 1, timeout=10)
