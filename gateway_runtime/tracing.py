@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from gateway_runtime.ports import ConsumedRecord
 
 INSTRUMENTATION = "soma-gateway"
+EXPORT_DELAY_MS = 5000  # the OpenTelemetry SDK's default batch delay, for a collector
+SPAN_FILE_DELAY_MS = 200  # a file or the console: soon enough for a person to follow
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -103,7 +105,7 @@ def configure(settings: CommonSettings) -> bool:
     from opentelemetry.sdk.trace.export import (
         BatchSpanProcessor,
         ConsoleSpanExporter,
-        SimpleSpanProcessor,
+        SpanExporter,
     )
 
     service = settings.otel_service_name or settings.service_name
@@ -111,16 +113,19 @@ def configure(settings: CommonSettings) -> bool:
     attributes.update({"service.name": service, "service.instance.id": f"{service}-{os.getpid()}"})
     provider = TracerProvider(resource=Resource.create(attributes), sampler=_sampler(settings))
     for name in names:
-        if name == "otlp":  # exported from a thread of its own, in batches
-            provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(settings)))
+        # Every exporter runs in the batch processor's thread: ending a span only queues
+        # it, so no network or file write happens on the event loop.
+        if name == "otlp":
+            exporter: SpanExporter = _otlp_exporter(settings)
         elif name == "console":
-            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
-        else:  # jsonl: on disk as soon as a span ends (tests, a machine without a collector)
+            exporter = ConsoleSpanExporter()
+        else:  # jsonl: on disk within SPAN_FILE_DELAY_MS (tests, a machine without a collector)
             from gateway_runtime.span_file import JsonLinesSpanExporter
 
             directory = settings.traces_jsonl_dir or settings.soma_home / "traces"
-            path = directory / f"{service}-{os.getpid()}.jsonl"
-            provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(path)))
+            exporter = JsonLinesSpanExporter(directory / f"{service}-{os.getpid()}.jsonl")
+        delay = EXPORT_DELAY_MS if name == "otlp" else SPAN_FILE_DELAY_MS
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=delay))
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):  # once a process
         trace.set_tracer_provider(provider)  # for libraries that trace (LiteLLM's callbacks)
     _state = _Tracing(provider.get_tracer(INSTRUMENTATION), provider, settings.kafka_namespace)
@@ -133,6 +138,12 @@ def shutdown() -> None:
     if _state is not None:
         _state.provider.shutdown()
         _state = None
+
+
+def flush() -> None:
+    """Export every ended span now (the batch processors otherwise wait their delay)."""
+    if _state is not None:
+        _state.provider.force_flush()
 
 
 def enabled() -> bool:

@@ -19,19 +19,8 @@ from opentelemetry.util.types import AttributeValue
 
 from gateway_runtime import tracing
 from gateway_runtime.errors import ProviderError
+from llm_worker.genai_names import provider_and_model
 from schemas.events import ModelProfile, ToolCall, Usage
-
-# LiteLLM's provider prefixes whose conventional `gen_ai.provider.name` differs from it.
-PROVIDER_NAMES = {
-    "azure": "azure.ai.openai",
-    "azure_ai": "azure.ai.inference",
-    "bedrock": "aws.bedrock",
-    "vertex_ai": "gcp.vertex_ai",
-    "gemini": "gcp.gemini",
-    "mistral": "mistral_ai",
-    "xai": "x_ai",
-    "watsonx": "ibm.watsonx.ai",
-}
 
 
 class AnswerSoFar(Protocol):
@@ -42,14 +31,6 @@ class AnswerSoFar(Protocol):
     usage: Usage | None
     calls: tuple[ToolCall, ...]
     finish: str | None
-
-
-def provider_and_model(model: str) -> tuple[str, str]:
-    """`anthropic/claude-x` -> (`anthropic`, `claude-x`); no prefix: OpenAI's API."""
-    prefix, sep, name = model.partition("/")
-    if not sep:
-        return "openai", model
-    return PROVIDER_NAMES.get(prefix, prefix), name
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
+from llm_worker.genai_names import provider_and_model
 from schemas.events import ModelProfile, Usage
 
 PROVIDER_FAILURES = Counter(
@@ -55,13 +56,8 @@ OPERATION = "chat"
 
 
 def genai_labels(profile: ModelProfile) -> tuple[str, str, str]:
-    """(operation, provider, model) of a profile: LiteLLM's `provider/model` spelling
-    names the provider (`openai` when it names none). A model name that looks like an
-    address is not shown (labels never carry URLs)."""
-    if "://" in profile.model:
-        return OPERATION, "unknown", "redacted"
-    provider = profile.model.split("/", 1)[0] if "/" in profile.model else "openai"
-    return OPERATION, provider, profile.model
+    """(operation, provider, model) of a profile, named as its span names them."""
+    return (OPERATION, *provider_and_model(profile.model))
 
 
 def observe_call(

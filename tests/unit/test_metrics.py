@@ -66,7 +66,7 @@ def test_a_model_call_records_duration_first_token_per_token_and_usage() -> None
     labels = {
         "gen_ai_operation_name": "chat",
         "gen_ai_provider_name": "openai",
-        "gen_ai_request_model": "openai/unit-model",
+        "gen_ai_request_model": "unit-model",
     }
     observe_call(profile, started=10.0, first_token=10.25, ended=11.25, usage=Usage(30, 11))
     assert sample("gen_ai_client_operation_duration_seconds_sum", **labels, error_type="") == 1.25
@@ -87,8 +87,9 @@ def test_genai_labels_name_the_provider_and_never_an_address() -> None:
     assert genai_labels(ModelProfile(model="anthropic/claude-x")) == (
         "chat",
         "anthropic",
-        "anthropic/claude-x",
+        "claude-x",
     )
+    assert genai_labels(ModelProfile(model="bedrock/titan"))[1:] == ("aws.bedrock", "titan")
     assert genai_labels(ModelProfile(model="gpt-4o"))[1] == "openai"
     assert genai_labels(ModelProfile(model="http://10.0.0.1/v1/m"))[1:] == ("unknown", "redacted")
 

@@ -25,7 +25,8 @@ from gateway_runtime import tracing
 from gateway_runtime.errors import ProviderError
 from gateway_runtime.settings import CommonSettings
 from ingress.request_span import RequestSpan
-from llm_worker.genai_span import chat_span, provider_and_model
+from llm_worker.genai_names import provider_and_model
+from llm_worker.genai_span import chat_span
 from schemas.codec import Codec, header
 from schemas.events import ModelProfile, ToolCall, TurnRequested, Usage
 
@@ -65,6 +66,7 @@ def spans(tmp_path: Path) -> Iterator[Path]:
 
 
 def read(directory: Path) -> list[dict[str, Any]]:
+    tracing.flush()  # ended spans wait in the batch processor's queue
     return [json.loads(line) for p in directory.glob("*.jsonl") for line in p.open()]
 
 
