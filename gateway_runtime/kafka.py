@@ -351,6 +351,8 @@ class GroupConsumer:
         return ready
 
     async def commit(self, offsets: Mapping[Any, int]) -> None:
+        """A plain offset commit, outside any transaction: only bench/hop_latency.py's
+        at-least-once baseline uses it (the stage loop commits in its transactions)."""
         try:
             await self.consumer.commit(dict(offsets))
         except KafkaError as exc:  # CommitFailedError (a rebalance) among them

@@ -78,11 +78,8 @@ class RecordConsumer(Protocol):
     """The consumer side of the stage loop: a member of the stage's consumer group."""
 
     async def getmany(self, *, timeout_ms: int) -> Mapping[Any, Sequence[ConsumedRecord]]:
-        """Records per partition (any hashable stands for a partition)."""
-        ...
-
-    async def commit(self, offsets: Mapping[Any, int]) -> None:
-        """The next offset to read, per partition; raises RetryableError."""
+        """Records per partition (any hashable stands for a partition). Offsets are
+        committed by the stage's transactions (gateway_runtime/transactions.py)."""
         ...
 
 

@@ -22,6 +22,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway_runtime import tracing
+from ingress.request_metrics import UNMATCHED, route_of
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _CARRIED = (b"traceparent", b"tracestate")
@@ -68,7 +69,7 @@ class RequestSpan:
             try:
                 await self.app(scope, receive, send_status)
             finally:
-                route = getattr(scope.get("route"), "path", None)  # set by the router
-                if route:
+                route = route_of(scope)
+                if route != UNMATCHED:
                     span.set_attribute("http.route", route)
                     span.update_name(f"{method} {route}")
