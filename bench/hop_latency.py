@@ -360,11 +360,11 @@ def stop_event(args: argparse.Namespace) -> asyncio.Event:
     return stop
 
 
-async def aiokafka_hop(args: argparse.Namespace, variant: Variant) -> None:
-    """The mesh's aiokafka clients, with the variant's overrides, in a stage-like loop."""
-    stop = stop_event(args)
-    login = kafka(args.bootstrap)
-    consumer = AIOKafkaConsumer(
+def worker_consumer(
+    args: argparse.Namespace, login: KafkaConnection, variant: Variant
+) -> AIOKafkaConsumer:
+    """A stage's consumer as gateway_runtime.kafka makes it, with the variant's overrides."""
+    return AIOKafkaConsumer(
         **{
             **mesh_kwargs(
                 make_consumer,
@@ -376,6 +376,13 @@ async def aiokafka_hop(args: argparse.Namespace, variant: Variant) -> None:
             **variant.consumer,
         }
     )
+
+
+async def aiokafka_hop(args: argparse.Namespace, variant: Variant) -> None:
+    """The mesh's aiokafka clients, with the variant's overrides, in a stage-like loop."""
+    stop = stop_event(args)
+    login = kafka(args.bootstrap)
+    consumer = worker_consumer(args, login, variant)
     producer = AIOKafkaProducer(
         **{
             **mesh_kwargs(make_producer, "AIOKafkaProducer", login, client_id=f"{args.group}-p"),
@@ -481,18 +488,7 @@ async def stage_loop_hop(args: argparse.Namespace, variant: Variant) -> None:
     stop = stop_event(args)
     login = kafka(args.bootstrap)
     settings = StageSettings()
-    consumer = AIOKafkaConsumer(
-        **{
-            **mesh_kwargs(
-                make_consumer,
-                "AIOKafkaConsumer",
-                login,
-                group_id=args.group,
-                client_id=f"{args.group}-c",
-            ),
-            **variant.consumer,
-        }
-    )
+    consumer = worker_consumer(args, login, variant)
 
     def producer() -> AIOKafkaProducer:
         return AIOKafkaProducer(
