@@ -8,8 +8,8 @@ log and then follow the live channel without a gap or a duplicate.
 While Redis is unavailable, events go to the Postgres fallback log instead
 (`event_log.py`), so no final answer is lost; the ingress reads both.
 
-Client-visible event types: turn.accepted, turn.retrying, assistant.delta, tool.call,
-tool.result, assistant.final, error (see docs/events.md).
+Client-visible event types: schemas/stream_events.py (the list the OpenAPI and AsyncAPI
+documents give; docs/events.md describes each one's data).
 """
 
 from __future__ import annotations

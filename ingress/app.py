@@ -15,6 +15,7 @@ from ingress.deadline import AcceptDeadline
 from ingress.errors import install_error_handlers
 from ingress.host_check import HostCheckMiddleware
 from ingress.metrics import refresh_gauges
+from ingress.openapi_responses import install_openapi
 from ingress.request_metrics import RequestMetrics
 from ingress.request_span import RequestSpan
 from ingress.resources import open_resources
@@ -64,6 +65,7 @@ def create_app(settings: IngressSettings | None = None) -> FastAPI:
             check_origin=not settings.gateway_require_auth,  # with auth off: Origin too
         )
     install_error_handlers(app)
+    install_openapi(app, auth_optional=not settings.gateway_require_auth)
     app.include_router(health.router)
     app.include_router(session.router)
     app.include_router(stream.router)

@@ -20,7 +20,7 @@ class BodyLimitMiddleware:
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._reject(send)
+                await self._reject(scope, send)
                 return
         seen = 0
         rejected = False
@@ -34,7 +34,7 @@ class BodyLimitMiddleware:
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes and not rejected:
                     rejected = True
-                    await self._reject(send)
+                    await self._reject(scope, send)
                     return {"type": "http.disconnect"}
             return message
 
@@ -44,7 +44,7 @@ class BodyLimitMiddleware:
 
         await self.app(scope, limited_receive, guarded_send)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, scope: Scope, send: Send) -> None:
         await send_json_error(
-            send, 413, "body_too_large", f"request body exceeds {self.max_bytes} bytes"
+            scope, send, 413, "body_too_large", f"request body exceeds {self.max_bytes} bytes"
         )

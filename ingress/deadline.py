@@ -52,6 +52,7 @@ class AcceptDeadline:
                 extra={"fields": {"path": scope["path"], "deadline_s": self.deadline_s}},
             )
             await send_json_error(
+                scope,
                 send,
                 503,
                 "accept_timeout",

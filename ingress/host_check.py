@@ -89,4 +89,4 @@ async def _refuse(scope: Scope, send: Send, status: int, code: str, message: str
     if scope["type"] == "websocket":
         await send({"type": "websocket.close", "code": 1008})
     else:
-        await send_json_error(send, status, code, message)
+        await send_json_error(scope, send, status, code, message)

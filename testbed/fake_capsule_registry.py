@@ -62,8 +62,11 @@ async def _record(request: Request) -> None:
 
 async def list_capsules(request: Request) -> Response:
     await _record(request)
-    start = int(request.query_params.get("cursor") or 0)
-    limit = int(request.query_params.get("limit") or 10)
+    try:
+        start = int(request.query_params.get("cursor") or 0)
+        limit = int(request.query_params.get("limit") or 10)
+    except ValueError:  # as a registry would: a bad page is the caller's error
+        return JSONResponse({"error": "invalid_cursor_or_limit"}, status_code=400)
     page = CAPSULES[start : start + limit]
     more = start + limit < len(CAPSULES)
     return JSONResponse(

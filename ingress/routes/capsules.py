@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from ingress.auth.errors import Denied, unavailable
 from ingress.auth.principal import Principal
 from ingress.deps import AdminPrincipal, ResourcesDep, TurnsPrincipal
+from ingress.openapi_responses import errors
 from ingress.resources import Resources
 
 log = logging.getLogger(__name__)
@@ -45,16 +46,24 @@ PASSED_HEADERS = (
     "retry-after",
 )
 
+_PASSED: dict[str, Any] = {"application/json": {}, "application/octet-stream": {}}
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "the registry's answer, passed through (any registry status is too)",
-        "content": {"application/json": {}, "application/octet-stream": {}},
-    },
-    401: {"description": "missing, bad or revoked credentials"},
-    403: {"description": "the credentials lack the needed scope"},
-    502: {"description": "the capsule registry is unreachable (`capsule_registry_unreachable`)"},
-    503: {"description": "no capsule registry is configured (`capsule_registry_unset`)"},
-    504: {"description": "the registry did not answer in time (`capsule_registry_timeout`)"},
+    200: {"description": "the registry's answer, passed through", "content": _PASSED},
+    # The registry's own statuses reach the caller as it sent them, body and all: a 404
+    # of an unknown capsule, a 202 of an install it queued. The gateway's own statuses
+    # (below, and those every operation has) take precedence over these ranges.
+    "2XX": {"description": "the registry's answer, passed through", "content": _PASSED},
+    "4XX": {"description": "the registry's refusal, passed through", "content": _PASSED},
+    "5XX": {"description": "the registry's failure, passed through", "content": _PASSED},
+    **errors(
+        502,
+        503,
+        504,
+        s502="the capsule registry is unreachable (`capsule_registry_unreachable`)",
+        s503="no capsule registry is configured (`capsule_registry_unset`), or authorization "
+        "cannot be decided now; see Retry-After",
+        s504="the registry did not answer in time (`capsule_registry_timeout`)",
+    ),
 }
 
 

@@ -35,6 +35,7 @@ from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ingress.deps import AdmissionDep, ResourcesDep
+from ingress.idempotency import KEY_PATTERN
 from ingress.openai import chat, chat_request, turn_errors
 from ingress.openai.accept import accept_turn, check_idempotency_key
 from ingress.openai.chat import ChatTranslator
@@ -42,6 +43,7 @@ from ingress.openai.chat_request import ChatCompletionRequest
 from ingress.openai.errors import OpenAIError
 from ingress.openai.models import resolve_role
 from ingress.openai.turn_events import TurnEvent, turn_events
+from ingress.openapi_responses import errors, sse
 from ingress.resources import Resources
 from ingress.streams import StreamLease
 from ingress.turns import Accepted, NewTurn
@@ -126,15 +128,39 @@ def _new_turn(
 @router.post(
     "/v1/chat/completions",
     responses={
-        200: {"description": "a chat.completion, or (stream) chat.completion.chunk events"},
-        400: {"description": "an invalid or unsupported parameter (`param` names it)"},
-        401: {"description": "missing, bad or revoked credentials"},
-        403: {"description": "the key lacks `turns`, or policy refused the model"},
-        404: {"description": "an unknown `model` (`model_not_found`), or a session not yours"},
-        429: {"description": "a rate limit or the token budget; see Retry-After"},
-        502: {"description": "no model deployment answered; see Retry-After"},
-        503: {"description": "the turn could not be accepted now; see Retry-After"},
-        504: {"description": "the turn did not end within OPENAI_TURN_TIMEOUT_S"},
+        200: {
+            "description": "a chat.completion, or (stream) chat.completion.chunk events",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                **sse(
+                    "`data: <chat.completion.chunk>` lines, `: keep-alive` comments while idle, "
+                    "`data: [DONE]` at the end; a turn failing mid-way: one "
+                    '`data: {"error": ...}` instead.',
+                    ["chat.completion.chunk", "error"],
+                ),
+            },
+        },
+        **errors(
+            400,
+            401,
+            403,
+            404,
+            429,
+            500,
+            502,
+            503,
+            504,
+            openai=True,
+            s400="an invalid or unsupported parameter (`param` names it), or a context too long",
+            s401="missing, bad or revoked credentials (also a key revoked during the request)",
+            s403="the key lacks `turns`, or policy refused the turn or the model",
+            s404="an unknown `model` (`model_not_found`), or a session not yours",
+            s429="a rate limit, the token budget or the stream cap; see Retry-After",
+            s500="a stage failed the turn (`stage_failed`), or an unexpected error",
+            s502="no model deployment answered, or it failed mid-answer",
+            s503="the turn could not be accepted, or decided, now; see Retry-After",
+            s504="the turn did not end within OPENAI_TURN_TIMEOUT_S (`timeout`)",
+        ),
     },
 )
 async def chat_completions(
@@ -142,7 +168,9 @@ async def chat_completions(
     res: ResourcesDep,
     admission: AdmissionDep,
     x_session_id: Annotated[str | None, Header(alias="X-Session-Id")] = None,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", pattern=KEY_PATTERN.pattern)
+    ] = None,
 ) -> Response:
     """Create a chat completion (OpenAI's API), run as a turn of the mesh."""
     loop = asyncio.get_running_loop()

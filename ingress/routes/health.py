@@ -12,16 +12,48 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.requests import HTTPConnection
 
 from ingress.deps import ResourcesDep, bearer_credential
 from ingress.resources import Resources
 
 router = APIRouter(tags=["health"])
+
+
+class HealthReport(BaseModel):
+    """`status` for anyone; `components` and `stages` for an operator."""
+
+    status: Literal["ok", "degraded", "down"]
+    components: dict[str, dict[str, Any]] | None = Field(
+        None, description="kafka, postgres, redis, openfga, opa, llm, fanout: status, latency_ms"
+    )
+    stages: dict[str, dict[str, Any]] | None = Field(
+        None, description="each stage's consumer group: status, members"
+    )
+
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": HealthReport, "description": "up (`ok` or `degraded`)"},
+    503: {
+        "description": "down (a critical component: Kafka, Postgres, Redis), or credentials "
+        "sent that cannot be checked now; see Retry-After on the latter",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {"$ref": "#/components/schemas/HealthReport"},
+                        {"$ref": "#/components/schemas/ErrorResponse"},
+                    ]
+                }
+            }
+        },
+    },
+}
 
 # Without these no turn can be accepted or streamed: the gateway is down.
 CRITICAL = ("kafka", "postgres", "redis")
@@ -100,7 +132,7 @@ async def _operator(conn: HTTPConnection, res: Resources) -> bool:
     return (await res.auth.authenticate(credential, client)).has("operator")
 
 
-@router.get("/v1/health")
+@router.get("/v1/health", response_model=None, responses=RESPONSES)
 async def health(request: HTTPConnection, res: ResourcesDep) -> JSONResponse:
     """`{"status"}` for anyone; components and stages too for an operator."""
     operator = await _operator(request, res)

@@ -25,6 +25,7 @@ from ingress.auth.keys import KeyRecord
 from ingress.auth.principal import Principal
 from ingress.auth.services import authz_unavailable
 from ingress.deps import AdminPrincipal, ResourcesDep
+from ingress.openapi_responses import errors
 from ingress.resources import Resources
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -69,10 +70,11 @@ class KeyRevoked(KeyOut):
     )
 
 
-DENIALS: dict[int | str, dict[str, str]] = {
-    401: {"description": "missing, bad or revoked credentials"},
-    403: {"description": "the caller lacks the admin (or operator) scope"},
-}
+DENIALS = errors(
+    403,
+    s403="the caller lacks the admin scope (another tenant's keys, or granting `operator`: "
+    "the operator scope)",
+)
 
 
 def _target_tenant(principal: Principal, requested: str | None, res: Resources) -> str:
@@ -96,7 +98,12 @@ async def _grant(res: Resources, record: KeyRecord) -> None:
         raise authz_unavailable(exc) from exc
 
 
-@router.post("", status_code=201, response_model=KeyCreated, responses=DENIALS)
+@router.post(
+    "",
+    status_code=201,
+    response_model=KeyCreated,
+    responses={**DENIALS, **errors(400, s400="a tenant that is not configured (`unknown_tenant`)")},
+)
 async def create_key(body: KeyIn, res: ResourcesDep, principal: AdminPrincipal) -> KeyCreated:
     """Create a key of the caller's tenant (or, for operators, of `tenant`)."""
     tenant = _target_tenant(principal, body.tenant, res)
@@ -122,7 +129,11 @@ async def list_keys(
     return [KeyOut.of(r) for r in await res.auth.keys.list(scope)]
 
 
-@router.delete("/{key_id}", response_model=KeyRevoked, responses=DENIALS)
+@router.delete(
+    "/{key_id}",
+    response_model=KeyRevoked,
+    responses={**DENIALS, **errors(404, s404="no key you may manage (`key_not_found`)")},
+)
 async def revoke_key(key_id: KeyIdPath, res: ResourcesDep, principal: AdminPrincipal) -> KeyRevoked:
     """Revoke a key: refused from the next request and its streams ended, on every replica;
     its OpenFGA relations removed (`cleanup_pending`: still being retried)."""

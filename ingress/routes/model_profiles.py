@@ -26,6 +26,7 @@ from gateway_runtime.egress import EgressPolicy
 from gateway_runtime.errors import EgressRefused
 from gateway_runtime.ports import StoredProfile
 from ingress.deps import OperatorPrincipal, Principal, ResourcesDep, TurnsPrincipal
+from ingress.openapi_responses import errors
 
 router = APIRouter(prefix="/v1/model-profiles", tags=["model-profiles"])
 
@@ -95,6 +96,12 @@ class ProfileOut(ProfileSummary):
 
 
 ProfileView = ProfileOut | ProfileSummary
+WRITE = errors(
+    422,
+    s422="an invalid body, or one the gateway refuses: `kwargs_not_allowed`, "
+    "`base_url_invalid`, `base_url_forbidden`, `base_url_unresolvable`, a fallback to itself",
+)
+NOT_FOUND = errors(404, s404="no such profile (`not_found`)")
 
 
 def _invalid(code: str, message: str) -> HTTPException:
@@ -139,7 +146,12 @@ async def list_profiles(
     return [_view(p, principal) for p in await res.profiles.list(deployment_mode)]
 
 
-@router.post("", status_code=201, response_model=ProfileOut)
+@router.post(
+    "",
+    status_code=201,
+    response_model=ProfileOut,
+    responses={**WRITE, **errors(409, s409="the profile exists (`exists`); PUT replaces it")},
+)
 async def create_profile(
     body: ProfileIn, res: ResourcesDep, principal: OperatorPrincipal
 ) -> ProfileView:
@@ -155,7 +167,7 @@ async def create_profile(
     return _view(profile, principal)
 
 
-@router.get("/{role}/{deployment_mode}", response_model=ProfileView)
+@router.get("/{role}/{deployment_mode}", response_model=ProfileView, responses=NOT_FOUND)
 async def get_profile(
     role: Name, deployment_mode: Name, res: ResourcesDep, principal: TurnsPrincipal
 ) -> ProfileView:
@@ -167,7 +179,7 @@ async def get_profile(
     return _view(profile, principal)
 
 
-@router.put("/{role}/{deployment_mode}", response_model=ProfileOut)
+@router.put("/{role}/{deployment_mode}", response_model=ProfileOut, responses=WRITE)
 async def put_profile(
     role: Name,
     deployment_mode: Name,
@@ -180,7 +192,7 @@ async def put_profile(
     return _view(profile, principal)
 
 
-@router.delete("/{role}/{deployment_mode}", status_code=204)
+@router.delete("/{role}/{deployment_mode}", status_code=204, responses=NOT_FOUND)
 async def delete_profile(
     role: Name, deployment_mode: Name, res: ResourcesDep, principal: OperatorPrincipal
 ) -> Response:

@@ -13,6 +13,7 @@ from fastapi import APIRouter
 
 from ingress.deps import ResourcesDep, TurnsPrincipal
 from ingress.openai.models import match, model_not_found, model_object, usable_roles
+from ingress.openapi_responses import errors
 
 router = APIRouter(prefix="/v1/models", tags=["openai"])
 
@@ -25,7 +26,10 @@ async def list_models(res: ResourcesDep, principal: TurnsPrincipal) -> dict[str,
 
 
 # `{model_id:path}`: ids like `openai/qwen2.5-0.5b-instruct` hold a slash.
-@router.get("/{model_id:path}")
+@router.get(
+    "/{model_id:path}",
+    responses=errors(404, openai=True, s404="no such model you may use (`model_not_found`)"),
+)
 async def retrieve_model(
     model_id: str, res: ResourcesDep, principal: TurnsPrincipal
 ) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 
 from adapters.dead_letters import DeadLetter, Filters, Status, StoredRecord
 from gateway_runtime.delivery import REPLAY_COUNT, REPLAY_HEADERS, REPLAY_OF, REPLAY_SOURCE
@@ -34,6 +34,7 @@ from gateway_runtime.postgres import PG_ERRORS
 from ingress.auth.errors import Denied, forbidden, not_found
 from ingress.auth.principal import Principal
 from ingress.deps import PrincipalDep, ResourcesDep
+from ingress.openapi_responses import errors
 from ingress.resources import Resources
 from schemas.codec import DecodeError, EncodedEvent, header
 from schemas.events import request_of, to_avro
@@ -42,6 +43,17 @@ from schemas.topics import Topics
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/requeue", tags=["requeue"])
 IdPath = Annotated[int, Path(ge=1, le=2**63 - 1, description="the dead letter's id")]
+
+
+def _iso_only(value: object) -> object:
+    """A date-time as the document says (RFC 3339); pydantic would also take a number
+    as seconds since 1970, which no caller of a `date-time` means."""
+    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("a date-time, e.g. 2026-01-31T12:00:00Z, not a number")
+    return value
+
+
+DateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 class DeadLetterOut(BaseModel):
@@ -89,12 +101,14 @@ class DeadLetterPage(BaseModel):
     next_cursor: str | None
 
 
-DENIALS: dict[int | str, dict[str, str]] = {
-    401: {"description": "missing, bad or revoked credentials"},
-    403: {"description": "the caller lacks the operator (or admin) scope"},
-    404: {"description": "no such dead letter that the caller may see"},
-    503: {"description": "the index (Postgres) or Kafka cannot be reached now"},
-}
+DENIALS = errors(
+    403,
+    503,
+    s403="the caller lacks the operator (or admin) scope",
+    s503="the index (Postgres) or Kafka cannot be reached now; see Retry-After",
+)
+ONE = {**DENIALS, **errors(404, s404="no such dead letter that the caller may see")}
+CONFLICT = "replayed or discarded already (`already_replayed`, `discarded`)"
 
 
 async def operator_or_admin(principal: PrincipalDep) -> str | None:
@@ -141,8 +155,8 @@ async def list_dead_letters(
     tenant: Annotated[str | None, Query(max_length=64)] = None,
     session_id: Annotated[str | None, Query(max_length=128)] = None,
     status: Status | None = None,
-    since: Annotated[datetime | None, Query(description="last failure at or after")] = None,
-    until: Annotated[datetime | None, Query(description="last failure before")] = None,
+    since: Annotated[DateTime | None, Query(description="last failure at or after")] = None,
+    until: Annotated[DateTime | None, Query(description="last failure before")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[
         str | None, Query(pattern=r"^[0-9]{1,18}$", description="next_cursor of the page before")
@@ -159,7 +173,7 @@ async def list_dead_letters(
     )
 
 
-@router.get("/{letter_id}", response_model=DeadLetterOut, responses=DENIALS)
+@router.get("/{letter_id}", response_model=DeadLetterOut, responses=ONE)
 async def show_dead_letter(
     letter_id: IdPath, res: ResourcesDep, scope: TenantScope, principal: PrincipalDep
 ) -> DeadLetterOut:
@@ -196,7 +210,10 @@ async def _refuse_revoked_key(res: Resources, record: EncodedEvent) -> None:
     "/{letter_id}/resolve",
     status_code=202,
     response_model=DeadLetterOut,
-    responses={**DENIALS, 409: {"description": "replayed or discarded already, or unreplayable"}},
+    responses={
+        **ONE,
+        **errors(409, s409=CONFLICT[:-1] + ", or unreplayable: `value_omitted`, `key_revoked`)"),
+    },
 )
 async def resolve_dead_letter(
     letter_id: IdPath, res: ResourcesDep, scope: TenantScope, principal: PrincipalDep
@@ -253,7 +270,7 @@ def _replay_topic(topics: Topics, source: str) -> str:
 @router.delete(
     "/{letter_id}",
     response_model=DeadLetterOut,
-    responses={**DENIALS, 409: {"description": "replayed or discarded already"}},
+    responses={**ONE, **errors(409, s409=CONFLICT)},
 )
 async def discard_dead_letter(
     letter_id: IdPath, res: ResourcesDep, scope: TenantScope, principal: PrincipalDep

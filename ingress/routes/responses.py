@@ -39,6 +39,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ingress.deps import AdmissionDep, Principal, ResourcesDep, TurnsPrincipal, session_read_access
+from ingress.idempotency import KEY_PATTERN
 from ingress.openai import turn_errors
 from ingress.openai.accept import accept_turn, check_idempotency_key
 from ingress.openai.errors import OpenAIError
@@ -61,6 +62,7 @@ from ingress.openai.responses import (
     response_id,
     turn_of,
 )
+from ingress.openapi_responses import errors, sse
 from ingress.resources import Resources
 from ingress.turns import Accepted, NewTurn, cancel_turn
 
@@ -71,6 +73,51 @@ DECISIVE = frozenset(
     {"turn.accepted", "assistant.delta", "assistant.final", "error", "turn.cancelled"}
 )
 ResponseIdPath = Annotated[str, Path(max_length=128)]
+RESPONSE_EVENTS = sse(
+    "`event: <type>` and `data: <the event>` per event (OpenAI's Responses API stream), "
+    "`: keep-alive` comments while idle.",
+    [
+        "response.queued",
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+        "error",
+    ],
+)
+RESPONSE_OBJECT = {"application/json": {"schema": {"type": "object"}}}
+TURN_ERRORS = errors(
+    400,
+    401,
+    403,
+    404,
+    429,
+    500,
+    502,
+    503,
+    504,
+    openai=True,
+    s400="an invalid or unsupported parameter (`param` names it), a previous response not "
+    "ended yet, or a context too long",
+    s401="missing, bad or revoked credentials (also a key revoked during the request)",
+    s403="the key lacks `turns`, or policy refused the turn or the model",
+    s404="an unknown `model` or `previous_response_id`",
+    s429="a rate limit, the token budget or the stream cap; see Retry-After",
+    s500="a stage failed the turn (`stage_failed`), or an unexpected error",
+    s502="no model deployment answered, or it failed mid-answer",
+    s503="the turn could not be accepted, or decided, now; see Retry-After",
+    s504="(not background) the turn did not end within OPENAI_TURN_TIMEOUT_S",
+)
+NOT_FOUND = errors(404, openai=True, s404="no response with that id that you may read")
 log = logging.getLogger(__name__)
 
 
@@ -126,19 +173,20 @@ async def _previous(
 @router.post(
     "/v1/responses",
     responses={
-        200: {"description": "a response object, or (stream) its events"},
-        400: {"description": "an invalid or unsupported parameter (`param` names it)"},
-        404: {"description": "an unknown `model` or `previous_response_id`"},
-        429: {"description": "a rate limit or the token budget; see Retry-After"},
-        503: {"description": "the turn could not be accepted now; see Retry-After"},
-        504: {"description": "(not background) the turn did not end within OPENAI_TURN_TIMEOUT_S"},
+        200: {
+            "description": "a response object, or (stream) its events",
+            "content": {**RESPONSE_OBJECT, **RESPONSE_EVENTS},
+        },
+        **TURN_ERRORS,
     },
 )
 async def create_response(
     body: CreateResponse,
     res: ResourcesDep,
     admission: AdmissionDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", pattern=KEY_PATTERN.pattern)
+    ] = None,
 ) -> Response:
     """Create a model response (OpenAI's Responses API), run as a turn of the mesh."""
     deadline = asyncio.get_running_loop().time() + res.settings.openai_turn_timeout_s
@@ -305,7 +353,16 @@ async def _complete(
     return JSONResponse(translator.response(), headers=headers)
 
 
-@router.get("/v1/responses/{response_id}")
+@router.get(
+    "/v1/responses/{response_id}",
+    responses={
+        200: {
+            "description": "the response object, or (stream=true) its events to its end",
+            "content": {**RESPONSE_OBJECT, **RESPONSE_EVENTS},
+        },
+        **NOT_FOUND,
+    },
+)
 async def get_response(
     response_id: ResponseIdPath,
     res: ResourcesDep,
@@ -338,7 +395,14 @@ async def get_response(
     )
 
 
-@router.post("/v1/responses/{response_id}/cancel")
+@router.post(
+    "/v1/responses/{response_id}/cancel",
+    responses={
+        200: {"description": "the response object", "content": RESPONSE_OBJECT},
+        **NOT_FOUND,
+        **errors(400, openai=True, s400="not a background response (`invalid_value`)"),
+    },
+)
 async def cancel_response(
     response_id: ResponseIdPath, res: ResourcesDep, principal: TurnsPrincipal
 ) -> JSONResponse:
@@ -358,7 +422,10 @@ async def cancel_response(
     return JSONResponse(await current(res, dataclasses.replace(stored, status="cancelled")))
 
 
-@router.delete("/v1/responses/{response_id}")
+@router.delete(
+    "/v1/responses/{response_id}",
+    responses={200: {"description": "deleted", "content": RESPONSE_OBJECT}, **NOT_FOUND},
+)
 async def delete_response(
     response_id: ResponseIdPath, res: ResourcesDep, principal: TurnsPrincipal
 ) -> JSONResponse:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.deployments import DeploymentState, deployment_name
 from gateway_runtime.ports import StoredProfile, Tenant
-from ingress.auth.errors import forbidden
+from ingress.auth.errors import forbidden, unavailable
 from ingress.deps import ResourcesDep, TurnsPrincipal
+from ingress.openapi_responses import errors
 
 router = APIRouter(tags=["routing"])
 
@@ -84,7 +85,17 @@ def _resolve(candidate: str, profiles: list[StoredProfile]) -> _Resolved:
     return _Resolved(candidate, candidate, None, None)
 
 
-@router.post("/v1/route", response_model=RouteOut)
+@router.post(
+    "/v1/route",
+    response_model=RouteOut,
+    responses=errors(
+        403,
+        503,
+        s403="routing for another tenant needs the operator scope",
+        s503="every candidate is excluded (`no_candidate`: circuit open or not allowed), or "
+        "authorization cannot be decided now; see Retry-After",
+    ),
+)
 async def route(body: RouteIn, res: ResourcesDep, principal: TurnsPrincipal) -> RouteOut:
     if body.tenant not in (None, principal.tenant) and not principal.has("operator"):
         raise forbidden("insufficient_scope", "routing for another tenant needs the operator scope")
@@ -111,13 +122,10 @@ async def route(body: RouteIn, res: ResourcesDep, principal: TurnsPrincipal) -> 
         )
     eligible = [c for c in scored if c.excluded is None]
     if not eligible:
-        raise HTTPException(
-            503,
-            detail={
-                "code": "no_candidate",
-                "message": "every candidate is excluded: "
-                + "; ".join(f"{c.candidate}: {c.excluded}" for c in scored),
-            },
+        raise unavailable(
+            "no_candidate",
+            "every candidate is excluded: "
+            + "; ".join(f"{c.candidate}: {c.excluded}" for c in scored),
         )
     best = max(eligible, key=lambda c: c.score)  # ties keep the caller's order
     return RouteOut(chosen=best.candidate, score=best.score, candidates=scored)

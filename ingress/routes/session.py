@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Path, Request, Response
 from fastapi.responses import StreamingResponse
@@ -22,13 +22,18 @@ from ingress.auth.admission import Admission
 from ingress.deadline import ACCEPT_DEADLINE
 from ingress.deps import AdmissionDep, ResourcesDep
 from ingress.idempotency import KEY_PATTERN
+from ingress.openapi_responses import SESSION_SSE, errors
 from ingress.resources import Resources
 from ingress.turns import NewTurn, start_turn
+from schemas.stream_events import SESSION_EVENT_TYPES
 
 router = APIRouter(prefix="/v1/session", tags=["session"])
 
 SESSION_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 ACTIONS = ("summarize", "next_steps", "status_report")
+Action = Literal["summarize", "next_steps", "status_report"]
+# Last-Event-ID as the gateway issues it: `<ms>-<seq>` (Redis) or `pg-<n>` (fallback log).
+EVENT_ID = r"^(?:[0-9]{1,20}-[0-9]{1,20}|pg-[0-9]{1,19})$"
 SessionIdPath = Annotated[str, Path(pattern=SESSION_ID)]
 
 
@@ -51,7 +56,7 @@ class ActionIn(BaseModel):
 
     session_id: str | None = Field(None, pattern=SESSION_ID)
     persona_id: str | None = Field(None, min_length=1, max_length=128)
-    action: str = Field(min_length=1, max_length=64)
+    action: Action
     metadata: dict[
         Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=1024)]
     ] = Field(default_factory=dict, max_length=32)
@@ -69,6 +74,7 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
+        pattern=KEY_PATTERN.pattern,
         description="retries with the same key (24 h) answer the same turn, never a second one",
     ),
 ]
@@ -88,14 +94,7 @@ async def _start(
     turn: NewTurn,
     idempotency_key: str | None,
 ) -> TurnAccepted:
-    if idempotency_key is not None and not KEY_PATTERN.match(idempotency_key):
-        raise HTTPException(
-            400,
-            detail={
-                "code": "invalid_idempotency_key",
-                "message": "Idempotency-Key must be 1 to 255 visible ASCII characters",
-            },
-        )
+    # (A malformed Idempotency-Key is a 422 already: the header's pattern, KEY_PATTERN.)
     accepted = await start_turn(
         res,
         admission,
@@ -110,18 +109,19 @@ async def _start(
     )
 
 
-DENIALS: dict[int | str, dict[str, str]] = {
-    400: {"description": "a bad Idempotency-Key, or an unknown action"},
-    401: {"description": "missing, bad or revoked credentials (WWW-Authenticate)"},
-    403: {"description": "the credentials lack the `turns` scope"},
-    404: {"description": "the session belongs to another tenant"},
-    422: {"description": "an invalid body, or an Idempotency-Key used for another request"},
-    429: {"description": "a rate limit (RPM/TPM per key or tenant); see Retry-After"},
-    503: {
-        "description": "neither Kafka nor the outbox took the turn in time, or authorization "
-        "or rate limiting cannot be decided now; see Retry-After"
-    },
-}
+DENIALS = errors(
+    403,
+    404,
+    422,
+    429,
+    503,
+    s403="the credentials lack the `turns` scope, or may read the session but not post to it",
+    s404="the session belongs to another tenant, or to no one you may act for",
+    s422="an invalid body or Idempotency-Key, or an Idempotency-Key used for another request",
+    s429="a rate limit (RPM/TPM per key or tenant); see Retry-After",
+    s503="neither Kafka nor the outbox took the turn in time (`accept_timeout`), or "
+    "authorization or rate limiting cannot be decided now; see Retry-After",
+)
 
 
 @router.post("/message", status_code=202, response_model=TurnAccepted, responses=DENIALS)
@@ -154,14 +154,6 @@ async def post_action(
     idempotency_key: IdempotencyKey = None,
 ) -> TurnAccepted:
     """Run a session action (summarize, next_steps, status_report) as a turn."""
-    if body.action not in ACTIONS:
-        raise HTTPException(
-            400,
-            detail={
-                "code": "unknown_action",
-                "message": f"unknown action {body.action!r}; one of {', '.join(ACTIONS)}",
-            },
-        )
     turn = NewTurn(
         session_id=body.session_id,
         message="",
@@ -198,18 +190,31 @@ def closing_event(session_id: str, reason: str) -> bytes:
     return f"event: error\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
-STREAM_DENIALS: dict[int | str, dict[str, str]] = {
-    **{k: v for k, v in DENIALS.items() if k not in (422, 503)},
-    400: {"description": "a Last-Event-ID the gateway never issues"},
-    429: {"description": "the principal holds MAX_STREAMS_PER_PRINCIPAL streams here already"},
-    503: {"description": "authorization cannot be decided now; see Retry-After"},
+STREAM_DENIALS = {
+    200: {
+        "description": "the session's events, then new ones as they come",
+        "content": SESSION_SSE,
+    },
+    **errors(
+        400,
+        404,
+        429,
+        503,
+        s400="a Last-Event-ID the gateway never issues (`invalid_last_event_id`)",
+        s404="no session you may read",
+        s429="the principal holds MAX_STREAMS_PER_PRINCIPAL streams already; see Retry-After",
+        s503="authorization cannot be decided now; see Retry-After",
+    ),
 }
+assert "error" in SESSION_EVENT_TYPES  # the gateway's own closing event is one of them
 
 
 @router.get("/{session_id}/events", response_class=StreamingResponse, responses=STREAM_DENIALS)
 async def session_events(
     session_id: SessionIdPath,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[
+        str | None, Header(pattern=EVENT_ID, description="resume after this event")
+    ] = None,
 ) -> StreamingResponse:
     """Server-sent events of the session: every retained event, or those after Last-Event-ID."""
     # The operation's entry in the OpenAPI schema only: requests are served, ahead of the

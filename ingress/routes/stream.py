@@ -235,11 +235,11 @@ def _turn_frame(frame: str, session_id: str) -> MessageIn | ActionIn:
     if not isinstance(raw, dict):
         raise ValueError("a frame must be a JSON object")
     raw["session_id"] = session_id
+    if "action" in raw and raw["action"] not in ACTIONS:
+        raise ValueError(f"unknown action {raw['action']!r}; one of {', '.join(ACTIONS)}")
     body: MessageIn | ActionIn = (
         ActionIn.model_validate(raw) if "action" in raw else MessageIn.model_validate(raw)
     )
-    if isinstance(body, ActionIn) and body.action not in ACTIONS:
-        raise ValueError(f"unknown action {body.action!r}; one of {', '.join(ACTIONS)}")
     return body
 
 

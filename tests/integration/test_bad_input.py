@@ -52,10 +52,33 @@ async def test_oversized_chunked_body_is_413(client: httpx.AsyncClient) -> None:
     assert r.status_code == 413
 
 
-async def test_unknown_action_is_400(client: httpx.AsyncClient) -> None:
+async def test_unknown_action_is_422(client: httpx.AsyncClient) -> None:
+    # The document lists the actions (an enum): an unknown one is invalid input, as any.
     r = await client.post("/v1/session/action", json={"action": "dance"})
-    assert r.status_code == 400
-    assert "summarize" in r.json()["detail"]["message"]
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert detail["code"] == "invalid_request" and "summarize" in detail["message"]
+    assert detail["errors"][0]["loc"] == ["body", "action"]
+
+
+async def test_unknown_path_and_method_answer_the_error_model(client: httpx.AsyncClient) -> None:
+    r = await client.get("/v1/nowhere")
+    assert r.status_code == 404
+    assert r.json() == {"detail": {"code": "not_found", "message": "Not Found"}}
+    r = await client.put("/v1/keys")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    assert r.json()["detail"]["code"] == "method_not_allowed"
+    r = await client.put("/v1/models")
+    assert r.status_code == 405
+    assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_a_bad_idempotency_key_is_invalid_input(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/v1/session/message", json={"message": "hi"}, headers={"Idempotency-Key": "a b"}
+    )
+    assert r.status_code == 422
+    assert r.json()["detail"]["errors"][0]["loc"] == ["header", "Idempotency-Key"]
 
 
 async def test_bad_last_event_id_is_400(client: httpx.AsyncClient) -> None:

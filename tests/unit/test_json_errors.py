@@ -34,7 +34,7 @@ async def test_a_missed_accept_deadline_is_a_503_with_retry_after() -> None:
 
 async def test_send_json_error_without_retry_after() -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await send_json_error(send, 421, "host_not_allowed", "not here")
+        await send_json_error(scope, send, 421, "host_not_allowed", "not here")
 
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://gw"
@@ -43,3 +43,22 @@ async def test_send_json_error_without_retry_after() -> None:
     assert r.status_code == 421 and "retry-after" not in r.headers
     assert r.headers["content-type"] == "application/json"
     assert r.json() == {"detail": {"code": "host_not_allowed", "message": "not here"}}
+
+
+async def test_send_json_error_on_an_openai_path_has_openais_shape() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json_error(scope, send, 413, "body_too_large", "too big")
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://gw"
+    ) as client:
+        r = await client.post("/v1/chat/completions", content=b"{}")
+    assert r.status_code == 413
+    assert r.json() == {
+        "error": {
+            "message": "too big",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "body_too_large",
+        }
+    }
