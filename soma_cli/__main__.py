@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway_runtime.settings import CliSettings
-from soma_cli import automations
+from soma_cli import automations, records
 from soma_cli.client import ApiError, Fatal, RequeueClient
 from soma_cli.commands import (
     DISCARD,
@@ -28,6 +28,7 @@ EPILOG = """examples:
   soma-gateway dlq replay --all --since 10m --stage persistence --yes
   soma-gateway dlq discard 4711 4712
   soma-gateway automation add nightly-digest --tenant acme --out digest.json
+  soma-gateway record check record.json
 """
 
 
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     connection = _connection_flags()
     parser = argparse.ArgumentParser(
         prog="soma-gateway",
-        description="Soma Gateway SRE tools, through the REST API.",
+        description="Soma Gateway tools: dead letters, automations, and a check of a Kafka record.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[connection],
@@ -111,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         "automation", help="Kafka credentials for automations: add, list, revoke"
     )
     automations.add_commands(automation)
+    record = groups.add_parser(
+        "record", help="check a Kafka record against the event contract before publishing it"
+    )
+    records.add_commands(record)
     return parser
 
 
@@ -178,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(sys.stdout, sys.stderr, sys.stdin)
     if args.group == "automation":  # the broker's side, not the REST API
         return automations.main(args, console)
+    if args.group == "record":  # offline: the schemas alone
+        return records.main(args, sys.stdout, sys.stderr)
     settings = CliSettings()
     try:
         with RequeueClient(
