@@ -107,6 +107,32 @@ def errors(*statuses: int, openai: bool = False, **described: str) -> dict[int |
     return {s: error_entry(s, notes.get(s), openai=openai) for s in statuses}
 
 
+def openai_turn_errors(*, s400: str, s404: str, s504: str) -> dict[int | str, Any]:
+    """The statuses a turn on an OpenAI-compatible path (chat completions, responses) can
+    answer; the two differ only in what a 400, a 404 and a 504 mean."""
+    return errors(
+        400,
+        401,
+        403,
+        404,
+        429,
+        500,
+        502,
+        503,
+        504,
+        openai=True,
+        s400=s400,
+        s401="missing, bad or revoked credentials (also a key revoked during the request)",
+        s403="the key lacks `turns`, or policy refused the turn or the model",
+        s404=s404,
+        s429="a rate limit, the token budget or the stream cap; see Retry-After",
+        s500="a stage failed the turn (`stage_failed`), or an unexpected error",
+        s502="no model deployment answered, or it failed mid-answer",
+        s503="the turn could not be accepted, or decided, now; see Retry-After",
+        s504=s504,
+    )
+
+
 def sse(description: str, event_types: Iterable[str]) -> dict[str, Any]:
     """A `text/event-stream` content entry naming the event types the stream carries."""
     types = list(event_types)

@@ -43,7 +43,7 @@ from ingress.openai.chat_request import ChatCompletionRequest
 from ingress.openai.errors import OpenAIError
 from ingress.openai.models import resolve_role
 from ingress.openai.turn_events import TurnEvent, turn_events
-from ingress.openapi_responses import errors, sse
+from ingress.openapi_responses import openai_turn_errors, sse
 from ingress.resources import Resources
 from ingress.streams import StreamLease
 from ingress.turns import Accepted, NewTurn
@@ -140,25 +140,9 @@ def _new_turn(
                 ),
             },
         },
-        **errors(
-            400,
-            401,
-            403,
-            404,
-            429,
-            500,
-            502,
-            503,
-            504,
-            openai=True,
+        **openai_turn_errors(
             s400="an invalid or unsupported parameter (`param` names it), or a context too long",
-            s401="missing, bad or revoked credentials (also a key revoked during the request)",
-            s403="the key lacks `turns`, or policy refused the turn or the model",
             s404="an unknown `model` (`model_not_found`), or a session not yours",
-            s429="a rate limit, the token budget or the stream cap; see Retry-After",
-            s500="a stage failed the turn (`stage_failed`), or an unexpected error",
-            s502="no model deployment answered, or it failed mid-answer",
-            s503="the turn could not be accepted, or decided, now; see Retry-After",
             s504="the turn did not end within OPENAI_TURN_TIMEOUT_S (`timeout`)",
         ),
     },

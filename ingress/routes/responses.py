@@ -62,7 +62,7 @@ from ingress.openai.responses import (
     response_id,
     turn_of,
 )
-from ingress.openapi_responses import errors, sse
+from ingress.openapi_responses import errors, openai_turn_errors, sse
 from ingress.resources import Resources
 from ingress.turns import Accepted, NewTurn, cancel_turn
 
@@ -95,26 +95,10 @@ RESPONSE_EVENTS = sse(
     ],
 )
 RESPONSE_OBJECT = {"application/json": {"schema": {"type": "object"}}}
-TURN_ERRORS = errors(
-    400,
-    401,
-    403,
-    404,
-    429,
-    500,
-    502,
-    503,
-    504,
-    openai=True,
+TURN_ERRORS = openai_turn_errors(
     s400="an invalid or unsupported parameter (`param` names it), a previous response not "
     "ended yet, or a context too long",
-    s401="missing, bad or revoked credentials (also a key revoked during the request)",
-    s403="the key lacks `turns`, or policy refused the turn or the model",
     s404="an unknown `model` or `previous_response_id`",
-    s429="a rate limit, the token budget or the stream cap; see Retry-After",
-    s500="a stage failed the turn (`stage_failed`), or an unexpected error",
-    s502="no model deployment answered, or it failed mid-answer",
-    s503="the turn could not be accepted, or decided, now; see Retry-After",
     s504="(not background) the turn did not end within OPENAI_TURN_TIMEOUT_S",
 )
 NOT_FOUND = errors(404, openai=True, s404="no response with that id that you may read")
