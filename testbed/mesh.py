@@ -8,13 +8,14 @@ fake OpenAI-compatible server of `bench/fake_upstream.py`, on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,6 +300,22 @@ async def provision(env: dict[str, str]) -> str:
     """Topics, migrations, OpenFGA model and OPA policy; returns the bootstrap admin key."""
     await run_module(env, "gateway_runtime.provision")
     return await run_module(env, "ingress.auth.bootstrap")
+
+
+@contextlib.asynccontextmanager
+async def lone_ingress(
+    sandbox: Sandbox, fake_llm_url: str, **extra: str
+) -> AsyncIterator[tuple[Mesh, str]]:
+    """An ingress alone (no stage workers: a turn only needs to reach Kafka) with auth
+    required, and its operator key; stopped when the block ends."""
+    env = mesh_env(sandbox, fake_llm_url, GATEWAY_REQUIRE_AUTH="true", **extra)
+    mesh = Mesh(env=env, log_dir=sandbox.dir)
+    try:
+        operator_key = await provision(env)
+        await start_mesh(mesh, workers=())
+        yield mesh, operator_key
+    finally:
+        mesh.stop_all()
 
 
 async def start_mesh(

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from testbed.mesh import REPLICATED, WORKERS, replica_names
+
 FaultKind = Literal["kill", "restart", "outage", "upstream"]
 
 
@@ -24,16 +26,21 @@ class Fault:
     target: str
 
 
-# kill -9 of one replica of each stage (the `-2` processes of testbed.mesh.start_mesh),
-# of the one dead-letter indexer and of one ingress; then the servers; then the upstream.
+# The runner starts two ingresses and two of every REPLICATED stage worker, one of the rest.
+REPLICAS = 2
+
+
+def _kill(service: str) -> Fault:
+    """kill -9 of the service's second process where it has two (the first keeps taking
+    turns), else of its only one (the dead-letter index)."""
+    count = REPLICAS if service == "ingress" or service in REPLICATED else 1
+    return Fault(f"kill -9 {service}", "kill", replica_names(service, count)[-1])
+
+
+# kill -9 of one process of the ingress and of every stage worker (schemas/stages.py);
+# then the servers; then the upstream.
 FAULTS: tuple[Fault, ...] = (
-    Fault("kill -9 ingress", "kill", "ingress-2"),
-    Fault("kill -9 policy_worker", "kill", "policy_worker-2"),
-    Fault("kill -9 context_worker", "kill", "context_worker-2"),
-    Fault("kill -9 llm_worker", "kill", "llm_worker-2"),
-    Fault("kill -9 tool_dispatcher", "kill", "tool_dispatcher-2"),
-    Fault("kill -9 persistence_worker", "kill", "persistence_worker-2"),
-    Fault("kill -9 deadletter_index", "kill", "deadletter_index"),
+    *(_kill(service) for service in ("ingress", *WORKERS)),
     Fault("Kafka broker restart", "restart", "kafka"),
     Fault("Redis restart", "restart", "redis"),
     Fault("Postgres restart", "restart", "postgres"),

@@ -21,7 +21,7 @@ import httpx
 from bench.chaos import audit
 from bench.chaos.faults import Injected, Injector
 from bench.chaos.machine import MachineCpu
-from bench.chaos.plan import FAULTS, Fault, Plan
+from bench.chaos.plan import FAULTS, REPLICAS, Fault, Plan
 from bench.chaos.traffic import Traffic
 from bench.chaos.verdict import baseline, outcomes, recoveries
 from bench.chaos.watchdog import Watchdog
@@ -74,7 +74,7 @@ async def run(plan: Plan, faults: tuple[Fault, ...] = FAULTS) -> dict[str, Any]:
         mesh = Mesh(env=chaos_env(sandbox, fake_url), log_dir=sandbox.dir)
         log.info("mesh %s: 2 ingresses, 2 replicas a stage (logs %s)", sandbox.name, sandbox.dir)
         mesh.operator_key = await provision(mesh.env)
-        await start_mesh(mesh, replicas=2, ingresses=2)
+        await start_mesh(mesh, replicas=REPLICAS, ingresses=REPLICAS)
         keys = await make_keys(mesh, KEYS)
         return await _timeline(plan, faults, sandbox, mesh, fake_url, keys)
     finally:

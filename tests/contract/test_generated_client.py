@@ -35,7 +35,7 @@ import httpx
 import pytest
 
 from gateway_runtime.settings import CommonSettings
-from testbed.mesh import Mesh, mesh_env, provision, start_mesh
+from testbed.mesh import Mesh, lone_ingress
 from testbed.sandbox import ROOT, open_sandbox
 
 BAD_KEY = "sk_0123456789abcdef_not-a-real-secret"
@@ -56,15 +56,11 @@ def _generator(settings: CommonSettings) -> Path:
 @pytest.fixture(scope="module")
 async def client_target(settings: CommonSettings, fake_llm: str) -> AsyncIterator[tuple[Mesh, str]]:
     """An ingress with auth on (no stage workers) and its operator key."""
-    async with open_sandbox("client", settings) as sandbox:
-        env = mesh_env(sandbox, fake_llm + "/v1", GATEWAY_REQUIRE_AUTH="true")
-        mesh = Mesh(env=env, log_dir=sandbox.dir)
-        try:
-            operator_key = await provision(env)
-            await start_mesh(mesh, workers=())
-            yield mesh, operator_key
-        finally:
-            mesh.stop_all()
+    async with (
+        open_sandbox("client", settings) as sandbox,
+        lone_ingress(sandbox, fake_llm + "/v1") as target,
+    ):
+        yield target
 
 
 class Generated:

@@ -33,7 +33,7 @@ import pytest
 
 from gateway_runtime.settings import CommonSettings
 from testbed.fake_capsule_registry import start_fake_capsule_registry
-from testbed.mesh import Mesh, mesh_env, provision, start_mesh
+from testbed.mesh import Mesh, lone_ingress
 from testbed.sandbox import open_sandbox
 
 HOOKS = Path(__file__).with_name("fuzz_checks.py")
@@ -62,24 +62,19 @@ async def fuzz_target(settings: CommonSettings, fake_llm: str) -> AsyncIterator[
         tenants = sandbox.dir / "tenants.yaml"
         tenants.write_text("tenants:\n  default: {}\n  fuzz: {}\n")
         registry, registry_url = start_fake_capsule_registry(sandbox.dir)
-        env = mesh_env(
-            sandbox,
-            fake_llm + "/v1",
-            GATEWAY_REQUIRE_AUTH="true",
-            TENANTS_FILE=str(tenants),
-            # ignored_auth sends bad credentials to every operation and expects 401/403;
-            # past the throttle's limit it would get its 429 instead (which enforces auth
-            # as well). The throttle stays on, with room for one fuzz run.
-            AUTH_FAILURE_LIMIT="1000",
-            CAPSULE_REGISTRY_URL=registry_url,
-        )
-        mesh = Mesh(env=env, log_dir=sandbox.dir)
         try:
-            operator_key = await provision(env)
-            await start_mesh(mesh, workers=())
-            yield mesh, operator_key
+            async with lone_ingress(
+                sandbox,
+                fake_llm + "/v1",
+                TENANTS_FILE=str(tenants),
+                # ignored_auth sends bad credentials to every operation and expects 401/403;
+                # past the throttle's limit it would get its 429 instead (which enforces auth
+                # as well). The throttle stays on, with room for one fuzz run.
+                AUTH_FAILURE_LIMIT="1000",
+                CAPSULE_REGISTRY_URL=registry_url,
+            ) as target:
+                yield target
         finally:
-            mesh.stop_all()
             registry.terminate()
             registry.wait(10)
 
