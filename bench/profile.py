@@ -67,6 +67,10 @@ COMMON_TARGETS = (
     "gateway_runtime.kafka:KafkaPublisher.publish",
     "gateway_runtime.kafka:KafkaPublisher.start_send",
     "gateway_runtime.transactions:KafkaTransactions.commit",  # a stage's outputs + offsets
+    # ... and its steps: the records acknowledged, the offsets, EndTxn
+    "gateway_runtime.transactions:KafkaTransactions._send",
+    "aiokafka.producer.producer:AIOKafkaProducer.send_offsets_to_transaction",
+    "aiokafka.producer.producer:AIOKafkaProducer.commit_transaction",
     "aiohttp.client:ClientSession._request",  # OpenFGA's HTTP round trip, SDK excluded
     "httpx:AsyncClient.send",  # OPA's and the upstream's (to the response head)
 )
