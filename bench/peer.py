@@ -74,7 +74,9 @@ class PeerPlan:
     timeout_s: float
     p99_limit_ms: float
     # An unreported run of each side at WARM_RATE first: JIT-compiled broker, warm caches
-    # and pools on both sides, so the idle floor measures neither's start-up.
+    # and pools on both sides, so the idle floor measures neither's start-up. A fresh
+    # broker's JIT needs a minute or more of transactions: with 8 s the gateway's idle
+    # floor read 43 ms and its broker 48 ms of CPU a turn at 10/s; after 90 s, 29 and 26.
     warm_s: float
 
 
@@ -83,8 +85,8 @@ BUSY_CORES = 0.25  # others' CPU in a window above which the report warns
 
 # Up to 80: on a 2-core machine both sides fall over between 50 and 80 turns/s.
 RATES = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0)
-FULL = PeerPlan(3, 3, 20, RATES, 15, 10, 2000, 8)
-QUICK = PeerPlan(2, 3, 10, RATES, 6, 10, 2000, 4)
+FULL = PeerPlan(3, 3, 20, RATES, 15, 10, 2000, 90)
+QUICK = PeerPlan(2, 3, 10, RATES, 6, 10, 2000, 45)
 
 
 @dataclass
@@ -158,6 +160,8 @@ async def peer_main(args: argparse.Namespace) -> dict[str, Any]:
         plan = PeerPlan(
             **{**plan.__dict__, "rates": tuple(float(r) for r in args.rates.split(","))}
         )
+    if args.warm_s is not None:
+        plan = PeerPlan(**{**plan.__dict__, "warm_s": args.warm_s})
     started = time.monotonic()
     venv = litellm_peer.ensure_installed()
     own = tuple(x for x in args.own.split(",") if x)
@@ -435,6 +439,9 @@ def main() -> None:
         "(/v1/chat/completions, the request LiteLLM gets), or both (default), each a side",
     )
     parser.add_argument("--litellm-workers", type=int, default=2)
+    parser.add_argument(
+        "--warm-s", type=float, help="each side's unreported warm-up at 10 turns/s, seconds"
+    )
     parser.add_argument("--log-level", default="INFO", help="the mesh's LOG_LEVEL")
     parser.add_argument("--report", type=Path, default=REPORTS / "peer.json")
     args = parser.parse_args()
