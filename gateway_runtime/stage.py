@@ -166,6 +166,10 @@ class StageLoop:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._settings.commit_interval_s):
                     await self._finished_one.wait()
+            if self._finished_one.is_set() and self._settings.commit_linger_s > 0:
+                with contextlib.suppress(TimeoutError):  # others may finish meanwhile
+                    async with asyncio.timeout(self._settings.commit_linger_s):
+                        await stop.wait()
             self._finished_one.clear()
             committed = await self._commit_once()
             task = asyncio.current_task()

@@ -98,7 +98,7 @@ async def until(condition: Callable[[], bool], timeout: float = 5) -> None:
             await asyncio.sleep(0)
 
 
-def twins(notify: FailureNotifier | None = None) -> Mesh:
+def twins(notify: FailureNotifier | None = None, settings: StageSettings = SETTINGS) -> Mesh:
     """A stage loop over the twins, not running yet."""
     handler, consumer = ScriptedHandler(), MemoryConsumer()
     publisher = MemoryTransactions(consumer)
@@ -112,7 +112,7 @@ def twins(notify: FailureNotifier | None = None) -> Mesh:
         consumer=consumer,
         transactions=publisher,
         codec=CODEC,
-        settings=SETTINGS,
+        settings=settings,
         dead_letter_topic=DLQ,
         notify_failure=notify or record,
     )
@@ -419,3 +419,19 @@ async def test_while_transactions_fail_the_loop_stops_taking_records(mesh: Mesh)
     mesh.consumer.fail_commits = 0
     await until(lambda: mesh.committed() == 4 * SETTINGS.max_in_flight + 1, timeout=10)
     assert len(mesh.out()) == 4 * SETTINGS.max_in_flight + 1
+
+
+async def test_records_finishing_within_the_linger_share_one_transaction() -> None:
+    mesh = twins(settings=SETTINGS.model_copy(update={"commit_linger_s": 0.2}))
+    stop = asyncio.Event()
+    running = asyncio.create_task(mesh.loop.run(stop))
+    mesh.feed("a", "a1")
+    await until(lambda: mesh.handler.finished == ["a1"])
+    mesh.feed("b", "b1")  # finishes while the committer lingers after a1
+    await until(lambda: mesh.committed() == 2)
+    assert mesh.publisher.transactions == 1 and len(mesh.out()) == 2
+    mesh.feed("c", "c1")
+    await until(lambda: mesh.handler.finished == ["a1", "b1", "c1"])
+    stop.set()  # a stop ends the linger: what finished is committed on the way out
+    await asyncio.wait_for(running, 5)
+    assert mesh.committed() == 3 and mesh.publisher.transactions == 2
