@@ -422,7 +422,7 @@ async def test_while_transactions_fail_the_loop_stops_taking_records(mesh: Mesh)
 
 
 async def test_records_finishing_within_the_linger_share_one_transaction() -> None:
-    mesh = twins(settings=SETTINGS.model_copy(update={"commit_linger_s": 0.2}))
+    mesh = twins(settings=SETTINGS.model_copy(update={"commit_linger_s": 1.0}))
     stop = asyncio.Event()
     running = asyncio.create_task(mesh.loop.run(stop))
     mesh.feed("a", "a1")
