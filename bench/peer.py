@@ -42,7 +42,7 @@ import argparse
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -157,11 +157,9 @@ async def make_turns_key(stack: Stack) -> str:
 async def peer_main(args: argparse.Namespace) -> dict[str, Any]:
     plan = QUICK if args.quick else FULL
     if args.rates:
-        plan = PeerPlan(
-            **{**plan.__dict__, "rates": tuple(float(r) for r in args.rates.split(","))}
-        )
+        plan = replace(plan, rates=tuple(float(r) for r in args.rates.split(",")))
     if args.warm_s is not None:
-        plan = PeerPlan(**{**plan.__dict__, "warm_s": args.warm_s})
+        plan = replace(plan, warm_s=args.warm_s)
     started = time.monotonic()
     venv = litellm_peer.ensure_installed()
     own = tuple(x for x in args.own.split(",") if x)

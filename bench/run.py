@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -388,9 +388,9 @@ def render(report: dict[str, Any]) -> str:
 async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
     plan = QUICK if args.quick else FULL
     if args.rate is not None:
-        plan = Plan(**{**plan.__dict__, "latency_rate": args.rate})
+        plan = replace(plan, latency_rate=args.rate)
     if args.rates:
-        plan = Plan(**{**plan.__dict__, "rates": tuple(float(r) for r in args.rates.split(","))})
+        plan = replace(plan, rates=tuple(float(r) for r in args.rates.split(",")))
     scenarios = set(args.scenarios.split(","))
     transports = args.transports.split(",")
     started = time.monotonic()
