@@ -106,7 +106,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
         "llm_worker.handler:LLMHandler.handle",
         "llm_worker.router:ModelRouter.stream",
         "llm_worker.openai_http:OpenAIHttpModel.stream",
-        "llm_worker.guarded_http:GuardedBackend.connect_tcp",
+        "llm_worker.guarded_http:GuardedResolver.resolve",
     ),
     "persistence_worker": (),
     "tool_dispatcher": (),

@@ -168,6 +168,17 @@ class EgressPolicy:
             return None
         return reason
 
+    def check(self, ip: IPAddress, port: int, shown: str | None = None) -> None:
+        """EgressRefused unless the gateway may connect to ip:port (`shown`: how the
+        error names the endpoint, the address itself by default)."""
+        reason = self.refusal(ip, port)
+        if reason is not None:
+            raise EgressRefused(
+                FORBIDDEN,
+                f"{shown or ip} port {port} is not a public address ({reason}) and"
+                " MODEL_EGRESS_ALLOW does not list it",
+            )
+
     async def addresses(self, host: str, port: int, timeout_s: float = 5.0) -> list[IPAddress]:
         """Every address host:port resolves to, if the policy admits them all; else
         EgressRefused. A name with one forbidden address among public ones is refused:
@@ -175,14 +186,8 @@ class EgressPolicy:
         literal = literal_address(host)
         found = [literal] if literal is not None else await _resolve(host, port, timeout_s)
         for ip in found:
-            reason = self.refusal(ip, port)
-            if reason is not None:
-                shown = host if literal is not None else f"{host} (resolves to {ip})"
-                raise EgressRefused(
-                    FORBIDDEN,
-                    f"{shown} port {port} is not a public address ({reason}) and"
-                    " MODEL_EGRESS_ALLOW does not list it",
-                )
+            shown = host if literal is not None else f"{host} (resolves to {ip})"
+            self.check(ip, port, shown)
         return found
 
     async def check_url(self, url: str) -> Target:

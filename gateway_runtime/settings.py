@@ -404,7 +404,7 @@ class ContextSettings(StageSettings, MemorySettings, ProfileSettings, TurnShapeS
 class LLMSettings(StageSettings, EgressSettings, TurnShapeSettings):
     service_name: str = "llm_worker"
     max_in_flight: int = 256
-    # auto: the lean httpx client for OpenAI-compatible servers (`openai/<model>` with a
+    # auto: the lean aiohttp client for OpenAI-compatible servers (`openai/<model>` with a
     # base_url), LiteLLM for every other provider; litellm / http force one adapter.
     llm_transport: Literal["auto", "litellm", "http"] = "auto"
     # Provider credentials are per profile: its `api_key_ref` names a secret, read from

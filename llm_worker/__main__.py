@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import httpx
 
 from adapters.deployments import DeploymentHealth
@@ -18,7 +19,7 @@ from gateway_runtime.settings import LLMSettings
 from gateway_runtime.worker import fanout_publisher, redis_client, run_worker, serve_stage
 from llm_worker.attempts import TurnAttempts
 from llm_worker.credentials import Credentials, ProfileCredentials, SecretSource
-from llm_worker.guarded_http import guarded_client
+from llm_worker.guarded_http import guarded_client, guarded_session
 from llm_worker.handler import LLMHandler
 from llm_worker.openai_http import OpenAIHttpModel
 from llm_worker.router import ModelRouter
@@ -26,6 +27,8 @@ from llm_worker.tool_requests import ToolOffer
 from llm_worker.transport import AutoModel
 from schemas.tools import load_definitions
 from schemas.topics import Topics
+
+CONNECT_TIMEOUT_S = 5.0  # to open a connection to a model endpoint
 
 
 def secret_source(settings: LLMSettings) -> SecretSource:
@@ -38,12 +41,14 @@ def secret_source(settings: LLMSettings) -> SecretSource:
 
 def build_model(
     settings: LLMSettings,
+    session: aiohttp.ClientSession,
     http: httpx.AsyncClient,
     credentials: Credentials,
     policy: EgressPolicy,
 ) -> ChatModel:
-    """The model port; `http` is the guarded client every model call goes through."""
-    lean = OpenAIHttpModel(http, credentials)
+    """The model port. Every model call goes through a guarded client: `session` for the
+    lean adapter, `http` for LiteLLM."""
+    lean = OpenAIHttpModel(session, credentials)
     if settings.llm_transport == "http":
         return lean
     from llm_worker.litellm_model import LiteLLMModel, load_litellm
@@ -60,7 +65,7 @@ def build_model(
 
 
 async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
-    timeout = httpx.Timeout(settings.llm_timeout_s, connect=5.0)
+    timeout = httpx.Timeout(settings.llm_timeout_s, connect=CONNECT_TIMEOUT_S)
     limits = httpx.Limits(max_connections=settings.max_in_flight, max_keepalive_connections=64)
     keys = RedisKeys(settings.kafka_namespace)
     policy = EgressPolicy(settings.egress_allow)
@@ -68,6 +73,12 @@ async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
     credentials = ProfileCredentials(ProfileStore(pool), secret_source(settings))
     try:
         async with (
+            guarded_session(
+                policy,
+                read_timeout_s=settings.llm_timeout_s,
+                connect_timeout_s=CONNECT_TIMEOUT_S,
+                limit=settings.max_in_flight,
+            ) as session,
             guarded_client(policy, timeout=timeout, limits=limits) as http,
             redis_client(settings) as redis,
         ):
@@ -82,7 +93,7 @@ async def main(settings: LLMSettings, stop: asyncio.Event) -> None:
                 gate=gate,
             )
             router = ModelRouter(
-                build_model(settings, http, credentials, policy),
+                build_model(settings, session, http, credentials, policy),
                 health,
                 retries=settings.llm_retries,
                 backoff_s=settings.llm_retry_backoff_s,

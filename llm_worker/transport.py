@@ -2,7 +2,7 @@
 
 With `LLM_TRANSPORT=auto` (the default) a profile whose model is `openai/<name>` and that
 names a `base_url` — an OpenAI-compatible server such as the local model, vLLM or a
-proxy — is called with the lean httpx client; every other provider goes through LiteLLM.
+proxy — is called with the lean aiohttp client; every other provider goes through LiteLLM.
 `litellm` and `http` force one adapter for every call. docs/benchmarks.md has what each
 costs per turn.
 """

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import aiohttp
 import asyncpg
-import httpx
 import pytest
 
 from gateway_runtime.ports import ChatModel
@@ -28,11 +28,11 @@ async def pool(sandbox: Sandbox) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture(params=["http", "litellm"])
 async def adapter(request: pytest.FixtureRequest) -> AsyncIterator[ChatModel]:
-    """Each model adapter in turn: the lean httpx client and LiteLLM."""
-    async with httpx.AsyncClient(timeout=10) as http:
-        if request.param == "http":
-            yield OpenAIHttpModel(http)
-        else:
-            from llm_worker.litellm_model import LiteLLMModel, load_litellm
+    """Each model adapter in turn: the lean aiohttp client and LiteLLM."""
+    if request.param == "http":
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(sock_read=10)) as session:
+            yield OpenAIHttpModel(session)
+    else:
+        from llm_worker.litellm_model import LiteLLMModel, load_litellm
 
-            yield LiteLLMModel(load_litellm(LLMSettings()), timeout_s=10)
+        yield LiteLLMModel(load_litellm(LLMSettings()), timeout_s=10)

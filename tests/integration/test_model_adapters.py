@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 import httpx
 import pytest
 
@@ -33,9 +34,9 @@ async def test_streams_every_token_and_the_usage(adapter: ChatModel, fake_llm: s
 async def test_the_lean_client_keeps_its_connection_for_the_next_call(fake_llm: str) -> None:
     """A stream read to its end leaves the connection in the pool: against a real
     provider every new one is a TCP and TLS handshake before the first token."""
-    async with httpx.AsyncClient(timeout=10) as http, httpx.AsyncClient() as admin:
+    async with aiohttp.ClientSession() as session, httpx.AsyncClient() as admin:
         before = (await admin.get(fake_llm + "/admin/stats")).json()["connections"]
-        model = OpenAIHttpModel(http)
+        model = OpenAIHttpModel(session)
         for _ in range(3):
             chunks = await collect(model, fake(fake_llm, "fake"))
             assert "".join(c.text for c in chunks) == "".join(f"tok{i} " for i in range(20))

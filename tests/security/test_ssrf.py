@@ -33,7 +33,7 @@ from gateway_runtime.ports import ChatModel, StoredProfile
 from gateway_runtime.postgres import MIGRATIONS, migrate
 from gateway_runtime.settings import LLMSettings, ProfileSettings
 from llm_worker.credentials import ProfileCredentials, SecretSource
-from llm_worker.guarded_http import guarded_client
+from llm_worker.guarded_http import guarded_client, guarded_session
 from llm_worker.litellm_model import GUARDED_PROVIDERS, LiteLLMModel
 from llm_worker.openai_http import OpenAIHttpModel
 from schemas.events import ChatMessage, ModelProfile
@@ -299,11 +299,14 @@ async def guarded(
     """Each adapter as the LLM stage wires it, over a guarded client whose policy
     allow-lists the fake upstream's address and port, and nothing else."""
     policy = EgressPolicy([urlsplit(fake_llm).netloc])
+    if request.param == "http":
+        async with guarded_session(
+            policy, read_timeout_s=10, connect_timeout_s=5, limit=10
+        ) as session:
+            yield OpenAIHttpModel(session)
+        return
     limits = httpx.Limits()
     async with guarded_client(policy, timeout=httpx.Timeout(10), limits=limits) as http:
-        if request.param == "http":
-            yield OpenAIHttpModel(http)
-            return
         try:
             yield LiteLLMModel(litellm_module, policy=policy, http=http, timeout_s=10)
         finally:
