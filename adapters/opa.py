@@ -5,6 +5,10 @@ server from its directory and pushed again by the provisioning; it is queried at
 `POST /v1/data/soma/gateway/decision` with
 `{tenant, principal, persona, model, usage, limits, request}` and answers
 `{allow, reason, message, retry_after}`.
+
+Decisions are asked over aiohttp, on every turn's path: it costs the policy stage a
+quarter of httpx's CPU a request (docs/benchmarks.md). The provisioning's policy upload,
+once a start, stays on httpx.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 from gateway_runtime.errors import PolicyUnavailable
@@ -25,19 +30,19 @@ DECISION_PATH = "/v1/data/soma/gateway/decision"
 class OpaClient:
     """The `PolicyEngine` port over OPA's HTTP API."""
 
-    def __init__(self, http: httpx.AsyncClient, settings: OpaSettings) -> None:
+    def __init__(self, http: aiohttp.ClientSession, settings: OpaSettings) -> None:
         self._http = http
         self._url = settings.opa_url.rstrip("/") + DECISION_PATH
-        self._timeout = settings.opa_timeout_s
+        self._timeout = aiohttp.ClientTimeout(total=settings.opa_timeout_s)
 
     async def decide(self, policy_input: dict[str, Any]) -> Decision:
         try:
-            response = await self._http.post(
+            async with self._http.post(
                 self._url, json={"input": policy_input}, timeout=self._timeout
-            )
-            response.raise_for_status()
-            result = response.json().get("result")
-        except (TimeoutError, httpx.HTTPError, ValueError) as exc:
+            ) as response:
+                response.raise_for_status()
+                result = (await response.json()).get("result")
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise PolicyUnavailable(f"policy engine unreachable: {exc!r}"[:300]) from exc
         if not isinstance(result, dict) or "allow" not in result:
             raise PolicyUnavailable("policy engine has no soma.gateway decision (not loaded?)")

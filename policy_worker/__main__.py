@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import httpx
+import aiohttp
 
 from adapters.admissions import PostgresAdmissions
 from adapters.budgets import PostgresBudgetLedger
@@ -27,14 +27,15 @@ from schemas.topics import Topics
 
 
 async def main(settings: PolicySettings, stop: asyncio.Event) -> None:
-    limits = httpx.Limits(max_connections=settings.max_in_flight, max_keepalive_connections=32)
     authorizer = FgaAuthorizer(settings)
     # admissions, budgets, principals, session claims, the fan-out's fallback log
     pool = await create_pool(settings, max_size=16)
     try:
         async with (
             redis_client(settings) as redis,
-            httpx.AsyncClient(limits=limits) as http,
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=settings.max_in_flight)
+            ) as opa_http,
             contextlib.AsyncExitStack() as stack,
         ):
             fanout = fanout_publisher(redis, settings, pool)
@@ -46,7 +47,7 @@ async def main(settings: PolicySettings, stop: asyncio.Event) -> None:
                 topics=topics,
                 fanout=fanout,
                 require_auth=settings.gateway_require_auth,
-                engine=OpaClient(http, settings),
+                engine=OpaClient(opa_http, settings),
                 budgets=PostgresBudgetLedger(pool),
                 tenants=TenantDirectory(settings.tenants_file),
                 admissions=PostgresAdmissions(pool),
