@@ -9,7 +9,8 @@ certificate against the name in the URL.
 
 Two clients, each made once per process, both judged by the same policy:
 - `guarded_session` (aiohttp) is the lean OpenAI-compatible adapter's: on the hot path,
-  where aiohttp streams a turn for a quarter of httpx's CPU (docs/benchmarks.md);
+  where aiohttp reads a streamed answer for a third to a half of httpx's CPU
+  (docs/benchmarks.md);
 - `guarded_client` (httpx) is LiteLLM's (llm_worker/litellm_model.py says how it is
   handed over), since LiteLLM's routes take an httpx client.
 Neither reads HTTP(S)_PROXY (through a proxy the address connected to would be the
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -129,7 +130,7 @@ class GuardedResolver(AbstractResolver):
         return None
 
 
-def judged_socket(policy: EgressPolicy) -> Any:
+def judged_socket(policy: EgressPolicy) -> Callable[[tuple[Any, ...]], socket.socket]:
     """aiohttp's socket factory: the address about to be connected to is judged first.
     aiohttp does not resolve an address written in the URL, so this is where those are
     judged; a resolved name's addresses were judged by `GuardedResolver` already."""

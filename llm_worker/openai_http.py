@@ -1,9 +1,10 @@
 """A lean streaming client for OpenAI-compatible chat endpoints (aiohttp, one per process).
 
 Measured beside LiteLLM because LiteLLM's per-call CPU (~16 ms a streamed call here) is
-most of what stands between the LLM stage and the throughput target; aiohttp rather than
-httpx since it streams a turn's answer for ~0.6 ms of CPU against httpx's ~2.5-3 (see
-docs/benchmarks.md).
+most of what stands between the LLM stage and the throughput target. aiohttp rather than
+httpx: it reads a streamed answer for a third to a half of httpx's CPU (`python -m
+bench.http_clients`: 0.8 against 2.6 ms a call 20 at a time, 2.5 against 4.8 one at a
+time; docs/benchmarks.md).
 
 The session it is given checks every connection against the egress policy
 (llm_worker/guarded_http.py `guarded_session`); the Authorization header carries the
