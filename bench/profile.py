@@ -268,7 +268,7 @@ AREAS: tuple[tuple[str, str], ...] = (
     ("httpx/", "httpx"),
     ("httpcore/", "httpx"),
     ("h11/", "httpx"),
-    ("aiohttp/", "aiohttp (openfga_sdk transport)"),
+    ("aiohttp/", "aiohttp (model stream, OPA, openfga_sdk)"),
     ("pydantic", "pydantic validation"),
     ("fastapi/", "FastAPI/starlette request handling"),
     ("starlette/", "FastAPI/starlette request handling"),
