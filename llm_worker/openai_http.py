@@ -93,13 +93,16 @@ class OpenAIHttpModel:
 async def _lines(body: aiohttp.StreamReader) -> AsyncIterator[bytes]:
     """The body's lines, whatever their length (aiohttp's own line reader refuses lines
     longer than its buffer; a streamed tool call's arguments can be one long line)."""
-    rest = b""
+    pending: list[bytes] = []  # the current line's pieces, no newline in any of them
     async for part in body.iter_any():
-        lines = (rest + part).split(b"\n")
-        rest = lines.pop()
+        if b"\n" not in part:
+            pending.append(part)  # joined once, when the line ends: no copy per piece
+            continue
+        lines = b"".join((*pending, part)).split(b"\n")
+        pending = [lines.pop()]
         for line in lines:
             yield line
-    if rest:
+    if rest := b"".join(pending):
         yield rest
 
 
